@@ -1,0 +1,223 @@
+//! The `Workflow` custom resource: a DAG of container steps plus the triggers that run it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::limits::{MAX_DEPENDENCIES, MAX_NAME_LENGTH, MAX_STEPS};
+
+/// A Workflow is a DAG of container steps and the Kubernetes resources whose changes run it.
+///
+/// For every trigger event the director compiles the steps into a Workplan: an ordered list of
+/// tasks, each one pod whose serial steps run as init containers and whose parallel steps run as
+/// containers. All pods of a Workplan run on one node and share a workspace mounted at `/kubeci`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kube.ci",
+    version = "v1alpha1",
+    kind = "Workflow",
+    namespaced,
+    status = "WorkflowStatus",
+    derive = "PartialEq",
+    shortname = "kwf",
+    category = "kubeci",
+    doc = "A Workflow is a DAG of container steps plus triggers on Kubernetes resources. Each trigger event (or manual run) compiles the DAG into a Workplan that kubeci runs as pods sharing a workspace mounted at /kubeci.",
+    printcolumn(name = "Steps", type_ = "integer", json_path = ".status.steps", description = "Number of steps"),
+    printcolumn(name = "Triggers", type_ = "integer", json_path = ".status.triggers", description = "Number of triggers"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the Workflow is valid and being served"),
+    printcolumn(name = "Last Workplan", type_ = "string", json_path = ".status.lastWorkplan", description = "The most recently created Workplan"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: a Workflow's name is used as a label value and must be at most 63 characters"),
+)]
+#[x_kube(
+    validation = Rule::new("self.steps.all(s, self.steps.exists_one(o, o.name == s.name))").message("spec.steps: step names must be unique").field_path(".steps"),
+    validation = Rule::new("self.steps.all(s, !has(s.dependency) || s.dependency.all(d, self.steps.exists(o, o.name == d)))").message("spec.steps: every dependency must name a step of this workflow").field_path(".steps"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowSpec {
+    /// The steps of the workflow: containers that run in the order their `dependency` lists
+    /// require. Steps without a path of dependencies between them may run at the same time.
+    #[schemars(length(min = 1, max = MAX_STEPS))]
+    pub steps: Vec<Step>,
+
+    /// Kubernetes resources whose changes start a run. Without triggers, the Workflow runs once
+    /// per change of its spec (its generation). Setting the annotation `kube.ci/run` to a new
+    /// value starts a manual run either way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
+
+    /// While true, no new Workplans are created; running Workplans finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// How many finished (Completed or Failed) Workplans to keep; older ones are deleted.
+    /// Unset keeps them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub workplan_history_limit: Option<i32>,
+}
+
+/// One container of the workflow.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// The step's name: a DNS-1123 label (lower-case letters, digits and `-`, at most 63
+    /// characters), unique within the workflow. It is also the container's name.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("step name must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = MAX_NAME_LENGTH))]
+    pub name: String,
+
+    /// The container image, for example `alpine:3.20`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// The container's entrypoint (its `command`). Unset uses the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+
+    /// Environment variables of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// The container's working directory. Unset uses the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+
+    /// Compute resources (requests and limits) of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Names of the steps that must finish successfully before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_DEPENDENCIES), inner(length(max = MAX_NAME_LENGTH)))]
+    pub dependency: Vec<String>,
+
+    /// The step's time budget in seconds. A task's pod gets an `activeDeadlineSeconds` of the
+    /// sum of its serial steps' budgets plus the largest of its parallel steps' budgets, when
+    /// every step of the task has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+
+    /// When to pull the image: `Always`, `IfNotPresent` or `Never`. Default `IfNotPresent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("imagePullPolicy must be one of Always, IfNotPresent, Never"))]
+    pub image_pull_policy: Option<String>,
+}
+
+/// A Kubernetes resource whose changes start a run of the workflow.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    /// API version of the watched resource, for example `v1` or `apps/v1`.
+    #[schemars(length(min = 1))]
+    pub api_version: String,
+
+    /// Kind of the watched resource, for example `ConfigMap`.
+    #[schemars(length(min = 1))]
+    pub kind: String,
+
+    /// Plural resource name, for example `configmaps`. Optional: found by discovery when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+
+    /// Namespace to watch. Default: the Workflow's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+
+    /// Only the object with this name fires. Unset: any object that matches the selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+
+    /// Only objects whose labels match fire. Empty or unset matches every object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+
+    /// Run when a matching object is added or changes (its generation, or its resourceVersion
+    /// for kinds without a generation such as ConfigMaps).
+    #[serde(default)]
+    pub on_add_or_update: bool,
+
+    /// Run when a matching object is deleted.
+    #[serde(default)]
+    pub on_delete: bool,
+}
+
+/// What the director observed of a Workflow.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowStatus {
+    /// The generation of the spec the director last processed. The seed name
+    /// `lastObservedGeneration` is accepted as an alias when reading.
+    #[serde(
+        default,
+        alias = "lastObservedGeneration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub observed_generation: Option<i64>,
+
+    /// Trigger objects the director has seen, by uid: the object's generation, or its
+    /// resourceVersion for kinds without a generation. An object fires only when this changes.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub last_observed_resource_generation: BTreeMap<String, String>,
+
+    /// `Ready` (the Workflow is valid and served) and `Invalid` (with the validation message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Name of the most recently created Workplan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_workplan: Option<String>,
+
+    /// Number of steps in the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<i32>,
+
+    /// Number of triggers in the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<i32>,
+
+    /// Workplans of this Workflow by phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workplans: Option<WorkplanCounts>,
+}
+
+/// Workplans of a Workflow counted by phase.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkplanCounts {
+    /// Workplans not yet started.
+    #[serde(default)]
+    pub pending: i32,
+    /// Workplans running a task.
+    #[serde(default)]
+    pub running: i32,
+    /// Workplans whose every task succeeded.
+    #[serde(default)]
+    pub completed: i32,
+    /// Workplans that stopped on a failed task.
+    #[serde(default)]
+    pub failed: i32,
+}
+
+/// Reads an explicit `null` (the seed writes `lastObservedResourceGeneration:` with no value)
+/// as the empty default.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
