@@ -9,10 +9,39 @@ use crate::{RequestState, Workflow, Workplan};
 /// Every CRD of kubeci, in a stable order, with the file name each is committed under in `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("workflows.yaml", Workflow::crd()),
-        ("workplans.yaml", Workplan::crd()),
-        ("requeststates.yaml", request_state()),
+        ("workflows.yaml", unwrap_descriptions(Workflow::crd())),
+        ("workplans.yaml", unwrap_descriptions(Workplan::crd())),
+        ("requeststates.yaml", unwrap_descriptions(request_state())),
     ]
+}
+
+/// Doc comments are wrapped at the source's line width; `kubectl explain` wraps again at the
+/// terminal's, which leaves ragged lines. Single line breaks become spaces; paragraph breaks
+/// stay.
+fn unwrap_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => *text = unwrap(text),
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    fn unwrap(text: &str) -> String {
+        text.split("\n\n")
+            .map(|paragraph| paragraph.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+    let mut value = serde_json::to_value(crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("only descriptions changed")
 }
 
 /// RequestState keeps `status.history` in the main resource: with a status subresource the
@@ -44,10 +73,7 @@ mod tests {
         for (file, crd) in all() {
             let path = dir.join(file);
             let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e}; run `cargo run -p shared-types --bin crdgen`",
-                    path.display()
-                )
+                panic!("{}: {e}; run `cargo run -p shared-types --bin crdgen`", path.display())
             });
             assert!(
                 committed == to_yaml(&crd),
@@ -59,13 +85,7 @@ mod tests {
 
     #[test]
     fn request_state_has_no_status_subresource() {
-        assert!(
-            request_state()
-                .spec
-                .versions
-                .iter()
-                .all(|v| v.subresources.is_none())
-        );
+        assert!(request_state().spec.versions.iter().all(|v| v.subresources.is_none()));
         assert!(Workflow::crd().spec.versions[0].subresources.is_some());
     }
 }

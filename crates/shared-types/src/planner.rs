@@ -36,20 +36,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_steps: MAX_STEPS,
-            max_workplan_bytes: MAX_WORKPLAN_BYTES,
-        }
+        Self { max_steps: MAX_STEPS, max_workplan_bytes: MAX_WORKPLAN_BYTES }
     }
 }
 
 impl Limits {
     /// No limits: for tools and benchmarks that plan DAGs larger than the API accepts.
     pub fn unlimited() -> Self {
-        Self {
-            max_steps: usize::MAX,
-            max_workplan_bytes: usize::MAX,
-        }
+        Self { max_steps: usize::MAX, max_workplan_bytes: usize::MAX }
     }
 }
 
@@ -61,25 +55,13 @@ pub enum Problem {
     /// More steps than [`Limits::max_steps`].
     TooManySteps { count: usize, max: usize },
     /// A step name that is not a DNS-1123 label.
-    InvalidName {
-        index: usize,
-        name: String,
-        why: &'static str,
-    },
+    InvalidName { index: usize, name: String, why: &'static str },
     /// A step name used before by the step at `first`.
-    DuplicateName {
-        index: usize,
-        name: String,
-        first: usize,
-    },
+    DuplicateName { index: usize, name: String, first: usize },
     /// A step without an image.
     MissingImage { index: usize, step: String },
     /// A dependency that names no step.
-    UnknownDependency {
-        index: usize,
-        step: String,
-        dependency: String,
-    },
+    UnknownDependency { index: usize, step: String, dependency: String },
     /// A step that depends on itself.
     SelfDependency { index: usize, step: String },
     /// Steps that depend on each other in a circle: `path[0]` depends on `path[1]`, … and the
@@ -88,11 +70,7 @@ pub enum Problem {
     /// The Workplan would be too large for the API server.
     TooLarge { bytes: usize, max: usize },
     /// A trigger field that is missing or wrong.
-    InvalidTrigger {
-        index: usize,
-        field: &'static str,
-        why: String,
-    },
+    InvalidTrigger { index: usize, field: &'static str, why: String },
     /// The Workflow's own name cannot be used (it is a label value on everything it creates).
     WorkflowName { name: String, why: &'static str },
 }
@@ -105,10 +83,7 @@ impl fmt::Display for Problem {
                 write!(f, "spec.steps: {count} steps, more than the limit of {max}")
             }
             Problem::InvalidName { index, name, why } => {
-                write!(
-                    f,
-                    "spec.steps[{index}].name: {name:?} is not a valid step name: {why}"
-                )
+                write!(f, "spec.steps[{index}].name: {name:?} is not a valid step name: {why}")
             }
             Problem::DuplicateName { index, name, first } => write!(
                 f,
@@ -117,19 +92,12 @@ impl fmt::Display for Problem {
             Problem::MissingImage { index, step } => {
                 write!(f, "spec.steps[{index}].image: step {step:?} has no image")
             }
-            Problem::UnknownDependency {
-                index,
-                step,
-                dependency,
-            } => write!(
+            Problem::UnknownDependency { index, step, dependency } => write!(
                 f,
                 "spec.steps[{index}].dependency: step {step:?} depends on {dependency:?}, which is not a step of this workflow"
             ),
             Problem::SelfDependency { index, step } => {
-                write!(
-                    f,
-                    "spec.steps[{index}].dependency: step {step:?} depends on itself"
-                )
+                write!(f, "spec.steps[{index}].dependency: step {step:?} depends on itself")
             }
             Problem::Cycle { path } => {
                 write!(f, "spec.steps: dependency cycle ")?;
@@ -178,11 +146,7 @@ pub fn validate(spec: &WorkflowSpec, limits: &Limits) -> Result<(), Invalid> {
     for (index, trigger) in spec.triggers.iter().enumerate() {
         check_trigger(index, trigger, &mut problems);
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Invalid { problems })
-    }
+    if problems.is_empty() { Ok(()) } else { Err(Invalid { problems }) }
 }
 
 /// Validates a Workflow spec and compiles its steps into tasks, with the API's limits.
@@ -196,38 +160,30 @@ pub fn plan(spec: &WorkflowSpec) -> Result<Vec<Task>, Invalid> {
 /// and the full task list.
 pub fn workplan_for(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workplan, Invalid> {
     let name = workflow.metadata.name.clone().unwrap_or_default();
-    let tasks = match (plan(&workflow.spec), name.len() > MAX_NAME_LENGTH) {
-        (Ok(tasks), false) => tasks,
-        (result, too_long) => {
+    let name_problem = match name.len() {
+        0 => Some("is empty: a Workflow needs a name"),
+        len if len > MAX_NAME_LENGTH => Some("is longer than 63 characters"),
+        _ => None,
+    };
+    let tasks = match (plan(&workflow.spec), name_problem) {
+        (Ok(tasks), None) => tasks,
+        (result, name_problem) => {
             let mut problems = Vec::new();
-            if too_long {
-                problems.push(Problem::WorkflowName {
-                    name: name.clone(),
-                    why: "is longer than 63 characters",
-                });
+            if let Some(why) = name_problem {
+                problems.push(Problem::WorkflowName { name: name.clone(), why });
             }
-            problems.extend(
-                result
-                    .err()
-                    .into_iter()
-                    .flat_map(|invalid| invalid.problems),
-            );
+            problems.extend(result.err().into_iter().flat_map(|invalid| invalid.problems));
             return Err(Invalid { problems });
         }
     };
     let uid = workflow.metadata.uid.clone().unwrap_or_default();
     let mut workplan = Workplan::new(
         &render::workplan_name(&name, &uid, &trigger),
-        WorkplanSpec {
-            workflow: name.clone(),
-            trigger,
-            tasks,
-        },
+        WorkplanSpec { workflow: name.clone(), trigger, tasks },
     );
     workplan.metadata.namespace = workflow.metadata.namespace.clone();
     workplan.metadata.labels = Some([(labels::WORKFLOW.to_string(), name)].into());
-    workplan.metadata.owner_references =
-        workflow.controller_owner_ref(&()).map(|owner| vec![owner]);
+    workplan.metadata.owner_references = workflow.controller_owner_ref(&()).map(|owner| vec![owner]);
     Ok(workplan)
 }
 
@@ -238,36 +194,22 @@ pub fn plan_steps(steps: &[Step], limits: &Limits) -> Result<Vec<Task>, Invalid>
         problems.push(Problem::NoSteps);
     }
     if steps.len() > limits.max_steps {
-        problems.push(Problem::TooManySteps {
-            count: steps.len(),
-            max: limits.max_steps,
-        });
+        problems.push(Problem::TooManySteps { count: steps.len(), max: limits.max_steps });
     }
 
     // Name → index of its first step; later duplicates are reported and left out of the graph.
     let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
     for (index, step) in steps.iter().enumerate() {
         if let Err(why) = check_dns1123_label(&step.name) {
-            problems.push(Problem::InvalidName {
-                index,
-                name: step.name.clone(),
-                why,
-            });
+            problems.push(Problem::InvalidName { index, name: step.name.clone(), why });
         }
         if let Some(&first) = by_name.get(step.name.as_str()) {
-            problems.push(Problem::DuplicateName {
-                index,
-                name: step.name.clone(),
-                first,
-            });
+            problems.push(Problem::DuplicateName { index, name: step.name.clone(), first });
         } else {
             by_name.insert(&step.name, index);
         }
         if step.image.trim().is_empty() {
-            problems.push(Problem::MissingImage {
-                index,
-                step: step.name.clone(),
-            });
+            problems.push(Problem::MissingImage { index, step: step.name.clone() });
         }
     }
 
@@ -287,10 +229,9 @@ pub fn plan_steps(steps: &[Step], limits: &Limits) -> Result<Vec<Task>, Invalid>
                     step: step.name.clone(),
                     dependency: dependency.clone(),
                 }),
-                Some(&dep) if dep == index => problems.push(Problem::SelfDependency {
-                    index,
-                    step: step.name.clone(),
-                }),
+                Some(&dep) if dep == index => {
+                    problems.push(Problem::SelfDependency { index, step: step.name.clone() })
+                }
                 Some(&dep) => {
                     graph.update_edge(NodeIndex::new(dep), NodeIndex::new(index), ());
                 }
@@ -308,10 +249,7 @@ pub fn plan_steps(steps: &[Step], limits: &Limits) -> Result<Vec<Task>, Invalid>
 
     let bytes = json_size(steps);
     if bytes > limits.max_workplan_bytes {
-        problems.push(Problem::TooLarge {
-            bytes,
-            max: limits.max_workplan_bytes,
-        });
+        problems.push(Problem::TooLarge { bytes, max: limits.max_workplan_bytes });
     }
 
     match order {
@@ -361,37 +299,23 @@ fn cycles(graph: &DiGraph<(), ()>, steps: &[Step]) -> Vec<Problem> {
         .map(|component| {
             let start = *component.iter().min().expect("component is not empty");
             let path = shortest_cycle(graph, start, &component);
-            (
-                start.index(),
-                path.into_iter()
-                    .map(|n| steps[n.index()].name.clone())
-                    .collect(),
-            )
+            (start.index(), path.into_iter().map(|n| steps[n.index()].name.clone()).collect())
         })
         .collect();
     found.sort();
-    found
-        .into_iter()
-        .map(|(_, path)| Problem::Cycle { path })
-        .collect()
+    found.into_iter().map(|(_, path)| Problem::Cycle { path }).collect()
 }
 
 /// Breadth-first search along "depends on" (incoming) edges inside one component, from `start`
 /// back to `start`. Returns the steps of the cycle, `start` first.
-fn shortest_cycle(
-    graph: &DiGraph<(), ()>,
-    start: NodeIndex,
-    component: &[NodeIndex],
-) -> Vec<NodeIndex> {
+fn shortest_cycle(graph: &DiGraph<(), ()>, start: NodeIndex, component: &[NodeIndex]) -> Vec<NodeIndex> {
     let members: std::collections::HashSet<NodeIndex> = component.iter().copied().collect();
     let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
     let mut queue = std::collections::VecDeque::from([start]);
     while let Some(node) = queue.pop_front() {
         // Sorted so the cycle named is the same on every run.
-        let mut next: Vec<NodeIndex> = graph
-            .neighbors_directed(node, Direction::Incoming)
-            .filter(|n| members.contains(n))
-            .collect();
+        let mut next: Vec<NodeIndex> =
+            graph.neighbors_directed(node, Direction::Incoming).filter(|n| members.contains(n)).collect();
         next.sort();
         for dep in next {
             if dep == start {
@@ -420,10 +344,7 @@ pub fn check_dns1123_label(name: &str) -> Result<(), &'static str> {
         return Err("must be at most 63 characters");
     }
     let bytes = name.as_bytes();
-    if !bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-    {
+    if !bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-') {
         return Err("must consist of lower-case letters, digits and '-'");
     }
     if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
@@ -433,31 +354,22 @@ pub fn check_dns1123_label(name: &str) -> Result<(), &'static str> {
 }
 
 fn check_trigger(index: usize, trigger: &Trigger, problems: &mut Vec<Problem>) {
-    let mut problem =
-        |field, why: String| problems.push(Problem::InvalidTrigger { index, field, why });
+    let mut problem = |field, why: String| problems.push(Problem::InvalidTrigger { index, field, why });
     if trigger.api_version.trim().is_empty() {
-        problem(
-            "apiVersion",
-            "must name the API version, for example v1".into(),
-        );
+        problem("apiVersion", "must name the API version, for example v1".into());
     }
     if trigger.kind.trim().is_empty() {
         problem("kind", "must name the kind, for example ConfigMap".into());
     }
     if !trigger.on_add_or_update && !trigger.on_delete {
-        problem(
-            "onAddOrUpdate",
-            "the trigger fires on nothing: set onAddOrUpdate or onDelete".into(),
-        );
+        problem("onAddOrUpdate", "the trigger fires on nothing: set onAddOrUpdate or onDelete".into());
     }
     if let Some(selector) = &trigger.selector {
         for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
             let values = requirement.values.as_ref().map_or(0, Vec::len);
             let why = match requirement.operator.as_str() {
                 "In" | "NotIn" if values == 0 => Some("In and NotIn need at least one value"),
-                "Exists" | "DoesNotExist" if values > 0 => {
-                    Some("Exists and DoesNotExist take no values")
-                }
+                "Exists" | "DoesNotExist" if values > 0 => Some("Exists and DoesNotExist take no values"),
                 "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
                 _ => Some("operator must be In, NotIn, Exists or DoesNotExist"),
             };
@@ -532,10 +444,7 @@ mod tests {
         let tasks = plan(&wf.spec).unwrap();
         assert_eq!(
             names(&tasks),
-            vec![
-                (vec!["step-1"], vec!["step-2", "step-3"]),
-                (vec!["step-4"], vec!["step-5"]),
-            ]
+            vec![(vec!["step-1"], vec!["step-2", "step-3"]), (vec!["step-4"], vec!["step-5"]),]
         );
         // Full copies of the step specs.
         assert_eq!(tasks[1].parallel_steps[0], wf.spec.steps[4]);
@@ -543,11 +452,8 @@ mod tests {
 
     #[test]
     fn chain_is_one_task() {
-        let tasks = plan_steps(
-            &[step("a", &[]), step("b", &["a"]), step("c", &["b"])],
-            &Limits::default(),
-        )
-        .unwrap();
+        let tasks =
+            plan_steps(&[step("a", &[]), step("b", &["a"]), step("c", &["b"])], &Limits::default()).unwrap();
         assert_eq!(names(&tasks), vec![(vec!["a", "b"], vec!["c"])]);
     }
 
@@ -559,11 +465,8 @@ mod tests {
 
     #[test]
     fn independent_steps_run_together() {
-        let tasks = plan_steps(
-            &[step("a", &[]), step("b", &[]), step("c", &[])],
-            &Limits::default(),
-        )
-        .unwrap();
+        let tasks =
+            plan_steps(&[step("a", &[]), step("b", &[]), step("c", &[])], &Limits::default()).unwrap();
         assert_eq!(names(&tasks), vec![(vec![], vec!["a", "b", "c"])]);
     }
 
@@ -576,13 +479,7 @@ mod tests {
             step("bottom", &["left", "right"]),
         ];
         let tasks = plan_steps(&steps, &Limits::default()).unwrap();
-        assert_eq!(
-            names(&tasks),
-            vec![
-                (vec!["top"], vec!["left", "right"]),
-                (vec![], vec!["bottom"])
-            ]
-        );
+        assert_eq!(names(&tasks), vec![(vec!["top"], vec!["left", "right"]), (vec![], vec!["bottom"])]);
     }
 
     #[test]
@@ -594,12 +491,7 @@ mod tests {
 
     #[test]
     fn cycle_is_named_step_by_step() {
-        let steps = [
-            step("a", &["c"]),
-            step("b", &["a"]),
-            step("c", &["b"]),
-            step("d", &[]),
-        ];
+        let steps = [step("a", &["c"]), step("b", &["a"]), step("c", &["b"]), step("d", &[])];
         assert_eq!(
             problems(&steps),
             vec!["spec.steps: dependency cycle a → c → b → a (each step depends on the next)"]
@@ -608,12 +500,7 @@ mod tests {
 
     #[test]
     fn two_cycles_are_both_named() {
-        let steps = [
-            step("a", &["b"]),
-            step("b", &["a"]),
-            step("c", &["d"]),
-            step("d", &["c"]),
-        ];
+        let steps = [step("a", &["b"]), step("b", &["a"]), step("c", &["d"]), step("d", &["c"])];
         assert_eq!(
             problems(&steps),
             vec![
@@ -627,13 +514,7 @@ mod tests {
     fn every_problem_in_one_run() {
         let mut bad = step("Bad_Name", &["nope"]);
         bad.image = String::new();
-        let steps = [
-            step("a", &["a"]),
-            step("a", &[]),
-            bad,
-            step("x", &["y"]),
-            step("y", &["x"]),
-        ];
+        let steps = [step("a", &["a"]), step("a", &[]), bad, step("x", &["y"]), step("y", &["x"])];
         assert_eq!(
             problems(&steps),
             vec![
@@ -649,17 +530,9 @@ mod tests {
 
     #[test]
     fn empty_and_too_many() {
-        assert_eq!(
-            problems(&[]),
-            vec!["spec.steps: a workflow needs at least one step"]
-        );
-        let many: Vec<Step> = (0..=MAX_STEPS)
-            .map(|i| step(&format!("s{i}"), &[]))
-            .collect();
-        assert_eq!(
-            problems(&many),
-            vec!["spec.steps: 201 steps, more than the limit of 200"]
-        );
+        assert_eq!(problems(&[]), vec!["spec.steps: a workflow needs at least one step"]);
+        let many: Vec<Step> = (0..=MAX_STEPS).map(|i| step(&format!("s{i}"), &[])).collect();
+        assert_eq!(problems(&many), vec!["spec.steps: 201 steps, more than the limit of 200"]);
         assert!(plan_steps(&many, &Limits::unlimited()).is_ok());
     }
 
@@ -669,11 +542,7 @@ mod tests {
         big.args = vec!["x".repeat(MAX_WORKPLAN_BYTES)];
         let found = problems(&[big]);
         assert_eq!(found.len(), 1);
-        assert!(
-            found[0].starts_with("spec.steps: the Workplan would hold 14000"),
-            "{}",
-            found[0]
-        );
+        assert!(found[0].starts_with("spec.steps: the Workplan would hold 14000"), "{}", found[0]);
     }
 
     #[test]

@@ -8,9 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Container, HostPathVolumeSource, Pod, PodSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, HostPathVolumeSource, Pod, PodSpec, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use sha2::{Digest, Sha256};
@@ -35,9 +33,7 @@ pub struct RenderConfig {
 
 impl Default for RenderConfig {
     fn default() -> Self {
-        Self {
-            workspace_root: DEFAULT_WORKSPACE_ROOT.to_string(),
-        }
+        Self { workspace_root: DEFAULT_WORKSPACE_ROOT.to_string() }
     }
 }
 
@@ -49,11 +45,7 @@ pub enum RenderError {
     MissingMetadata { name: String, field: &'static str },
     /// The task index is past the last task.
     #[error("Workplan {name:?} has {count} tasks, there is no task {index}")]
-    NoSuchTask {
-        name: String,
-        index: usize,
-        count: usize,
-    },
+    NoSuchTask { name: String, index: usize, count: usize },
 }
 
 /// The pod that runs task `index` of `workplan`; `node` pins it to the node of earlier tasks.
@@ -64,15 +56,11 @@ pub fn task_pod(
     config: &RenderConfig,
 ) -> Result<Pod, RenderError> {
     let meta = WorkplanMeta::of(workplan)?;
-    let task = workplan
-        .spec
-        .tasks
-        .get(index)
-        .ok_or_else(|| RenderError::NoSuchTask {
-            name: meta.name.to_string(),
-            index,
-            count: workplan.spec.tasks.len(),
-        })?;
+    let task = workplan.spec.tasks.get(index).ok_or_else(|| RenderError::NoSuchTask {
+        name: meta.name.to_string(),
+        index,
+        count: workplan.spec.tasks.len(),
+    })?;
 
     let container = |step: &Step| step_container(step);
     let init_containers: Vec<Container> = task.serial_steps.iter().map(container).collect();
@@ -96,11 +84,7 @@ pub fn task_pod(
             restart_policy: Some("Never".to_string()),
             node_name: node.map(str::to_string),
             active_deadline_seconds: task_deadline(&task.serial_steps, &task.parallel_steps),
-            volumes: Some(vec![workspace_volume(
-                &meta,
-                &workplan.spec.workflow,
-                config,
-            )]),
+            volumes: Some(vec![workspace_volume(&meta, &workplan.spec.workflow, config)]),
             ..PodSpec::default()
         }),
         status: None,
@@ -115,10 +99,7 @@ pub fn task_pod_name(workplan: &str, index: usize) -> String {
 /// `<root>/<namespace>/<workflow>/<workplan>`: the namespace keeps two namespaces' Workflows of
 /// the same name apart.
 pub fn workspace_path(root: &str, namespace: &str, workflow: &str, workplan: &str) -> String {
-    format!(
-        "{}/{namespace}/{workflow}/{workplan}",
-        root.trim_end_matches('/')
-    )
+    format!("{}/{namespace}/{workflow}/{workplan}", root.trim_end_matches('/'))
 }
 
 /// `<workflow>-<hash>`: the hash covers the Workflow's uid and the event's identity (object uid,
@@ -130,10 +111,7 @@ pub fn workplan_name(workflow: &str, workflow_uid: &str, trigger: &TriggerEvent)
     for part in [
         workflow_uid,
         trigger.uid.as_deref().unwrap_or(""),
-        &trigger
-            .generation
-            .map(|g| g.to_string())
-            .unwrap_or_default(),
+        &trigger.generation.map(|g| g.to_string()).unwrap_or_default(),
         trigger.resource_version.as_deref().unwrap_or(""),
         trigger.event.as_str(),
         trigger.run.as_deref().unwrap_or(""),
@@ -141,12 +119,7 @@ pub fn workplan_name(workflow: &str, workflow_uid: &str, trigger: &TriggerEvent)
         hasher.update(part.as_bytes());
         hasher.update([0u8]); // separator: ("ab", "c") and ("a", "bc") differ
     }
-    let hash: String = hasher
-        .finalize()
-        .iter()
-        .take(5)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash: String = hasher.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect();
     let prefix: String = workflow.chars().take(63 - 1 - hash.len()).collect();
     format!("{}-{hash}", prefix.trim_end_matches(['-', '.']))
 }
@@ -160,26 +133,11 @@ struct WorkplanMeta<'a> {
 impl<'a> WorkplanMeta<'a> {
     fn of(workplan: &'a Workplan) -> Result<Self, RenderError> {
         let name = workplan.metadata.name.as_deref().unwrap_or_default();
-        let missing = |field| RenderError::MissingMetadata {
-            name: name.to_string(),
-            field,
-        };
+        let missing = |field| RenderError::MissingMetadata { name: name.to_string(), field };
         Ok(Self {
-            name: workplan
-                .metadata
-                .name
-                .as_deref()
-                .ok_or_else(|| missing("name"))?,
-            namespace: workplan
-                .metadata
-                .namespace
-                .as_deref()
-                .ok_or_else(|| missing("namespace"))?,
-            uid: workplan
-                .metadata
-                .uid
-                .as_deref()
-                .ok_or_else(|| missing("uid"))?,
+            name: workplan.metadata.name.as_deref().ok_or_else(|| missing("name"))?,
+            namespace: workplan.metadata.namespace.as_deref().ok_or_else(|| missing("namespace"))?,
+            uid: workplan.metadata.uid.as_deref().ok_or_else(|| missing("uid"))?,
         })
     }
 
@@ -219,11 +177,7 @@ fn step_container(step: &Step) -> Container {
         env: non_empty(&step.env),
         working_dir: step.working_dir.clone(),
         resources: step.resources.clone(),
-        image_pull_policy: Some(
-            step.image_pull_policy
-                .clone()
-                .unwrap_or_else(|| "IfNotPresent".to_string()),
-        ),
+        image_pull_policy: Some(step.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".to_string())),
         volume_mounts: Some(vec![VolumeMount {
             name: WORKSPACE_VOLUME.to_string(),
             mount_path: WORKSPACE_MOUNT_PATH.to_string(),
@@ -236,13 +190,7 @@ fn step_container(step: &Step) -> Container {
 /// The task's time budget: the serial steps run one after the other, the parallel ones together.
 /// Only when every step has a budget; one unbounded step makes the task unbounded.
 fn task_deadline(serial: &[Step], parallel: &[Step]) -> Option<i64> {
-    let serial_total: i64 = serial
-        .iter()
-        .map(|s| s.timeout_seconds)
-        .sum::<Option<i64>>()?;
-    let parallel_max = parallel
-        .iter()
-        .map(|s| s.timeout_seconds)
-        .collect::<Option<Vec<i64>>>()?;
+    let serial_total: i64 = serial.iter().map(|s| s.timeout_seconds).sum::<Option<i64>>()?;
+    let parallel_max = parallel.iter().map(|s| s.timeout_seconds).collect::<Option<Vec<i64>>>()?;
     Some(serial_total + parallel_max.into_iter().max().unwrap_or(0))
 }

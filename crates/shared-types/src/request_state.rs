@@ -39,11 +39,7 @@ use serde::{Deserialize, Serialize};
         json_path = ".spec.worker",
         description = "The worker that claimed the job"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RequestStateSpec {

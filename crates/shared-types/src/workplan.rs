@@ -47,11 +47,7 @@ use crate::workflow::Step;
         json_path = ".status.nodeName",
         description = "The node every task runs on"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(
         name = "Duration",
         type_ = "string",
@@ -93,17 +89,7 @@ pub struct Task {
 /// `kube.ci/run` annotation got a new value (Manual); or a Workflow without triggers was created or
 /// changed (Created).
 #[derive(
-    schemars::JsonSchema,
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
 )]
 pub enum EventKind {
     // A matching object appeared.
@@ -173,9 +159,7 @@ pub struct TriggerEvent {
 
 /// Where a Workplan stands: Pending (not started), Running, Completed (every task succeeded) or
 /// Failed; Completed and Failed are set only after the workspace cleanup was attempted.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Phase {
     // Not started yet.
     #[default]

@@ -27,10 +27,7 @@ fn seed_workflow_deserializes_unchanged() {
     assert_eq!(wf.spec.steps[4].args, ["-c", "echo step-5; ls /kubeci"]);
     assert_eq!(wf.spec.steps[4].dependency, ["step-1", "step-4"]);
     let trigger = &wf.spec.triggers[0];
-    assert_eq!(
-        (trigger.api_version.as_str(), trigger.kind.as_str()),
-        ("v1", "ConfigMap")
-    );
+    assert_eq!((trigger.api_version.as_str(), trigger.kind.as_str()), ("v1", "ConfigMap"));
     assert_eq!(trigger.resource.as_deref(), Some("configmaps"));
     assert_eq!(trigger.name.as_deref(), Some("my-config"));
     assert!(trigger.on_add_or_update && trigger.on_delete);
@@ -41,10 +38,8 @@ fn seed_workflow_deserializes_unchanged() {
 
 #[test]
 fn seed_status_alias_is_read() {
-    let yaml = SEED.replace(
-        "lastObservedGeneration:         # workplan generation",
-        "lastObservedGeneration: 7",
-    );
+    let yaml =
+        SEED.replace("lastObservedGeneration:         # workplan generation", "lastObservedGeneration: 7");
     let wf: Workflow = serde_yaml::from_str(&yaml).unwrap();
     assert_eq!(wf.status.unwrap().observed_generation, Some(7));
 }
@@ -58,44 +53,28 @@ fn seed_passes_the_cel_rules() {
 fn cel_rejects_duplicate_step_names() {
     let mut wf = seed();
     wf.spec.steps[1].name = "step-1".into();
-    assert!(
-        cel_errors(&wf).contains("step names must be unique"),
-        "{}",
-        cel_errors(&wf)
-    );
+    assert!(cel_errors(&wf).contains("step names must be unique"), "{}", cel_errors(&wf));
 }
 
 #[test]
 fn cel_rejects_unknown_dependencies() {
     let mut wf = seed();
     wf.spec.steps[3].dependency.push("nope".into());
-    assert!(
-        cel_errors(&wf).contains("every dependency must name a step"),
-        "{}",
-        cel_errors(&wf)
-    );
+    assert!(cel_errors(&wf).contains("every dependency must name a step"), "{}", cel_errors(&wf));
 }
 
 #[test]
 fn cel_rejects_bad_step_names() {
     let mut wf = seed();
     wf.spec.steps[0].name = "Step_1".into();
-    assert!(
-        cel_errors(&wf).contains("DNS-1123 label"),
-        "{}",
-        cel_errors(&wf)
-    );
+    assert!(cel_errors(&wf).contains("DNS-1123 label"), "{}", cel_errors(&wf));
 }
 
 #[test]
 fn cel_rejects_long_workflow_names() {
     let mut wf = seed();
     wf.metadata.name = Some("w".repeat(64));
-    assert!(
-        cel_errors(&wf).contains("at most 63 characters"),
-        "{}",
-        cel_errors(&wf)
-    );
+    assert!(cel_errors(&wf).contains("at most 63 characters"), "{}", cel_errors(&wf));
 }
 
 #[test]
@@ -124,8 +103,5 @@ status:
 }
 
 fn cel_errors_rqs(rqs: &RequestState) -> String {
-    validate_cel(rqs)
-        .err()
-        .map(|e| format!("{e:?}"))
-        .unwrap_or_default()
+    validate_cel(rqs).err().map(|e| format!("{e:?}")).unwrap_or_default()
 }
