@@ -1,0 +1,14 @@
+//! Test harness for kubeci's integration tests: a real kube-apiserver (with etcd and
+//! kube-controller-manager) built from the upstream Kubernetes modules by `hack/testenv.sh`.
+//!
+//! [`TestEnv::get`] starts one control plane per test binary, the first time a test asks for it,
+//! and installs the CRDs from `crds/`. Each test then takes its own namespace with
+//! [`TestEnv::namespace`]. The control plane runs with `--exit-on-stdin-eof` and the harness holds
+//! its stdin, so it stops when the test binary exits, however the binary ends.
+//!
+//! The harness never skips: if the control plane cannot be built or started, the test fails
+//! with the command to run and the control plane's log.
+
+pub mod testenv;
+
+pub use testenv::{TestEnv, TestNamespace};
