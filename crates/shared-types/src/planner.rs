@@ -137,22 +137,36 @@ impl fmt::Display for Invalid {
     }
 }
 
-/// Checks a whole Workflow spec: its steps (see [`plan_steps`]) and its triggers.
+/// Checks a whole Workflow spec, its steps and its triggers, reporting every problem at once.
 pub fn validate(spec: &WorkflowSpec, limits: &Limits) -> Result<(), Invalid> {
-    let mut problems = match plan_steps(&spec.steps, limits) {
-        Ok(_) => Vec::new(),
-        Err(invalid) => invalid.problems,
-    };
-    for (index, trigger) in spec.triggers.iter().enumerate() {
-        check_trigger(index, trigger, &mut problems);
-    }
-    if problems.is_empty() { Ok(()) } else { Err(Invalid { problems }) }
+    check(spec, limits).map(|_| ())
 }
 
 /// Validates a Workflow spec and compiles its steps into tasks, with the API's limits.
 pub fn plan(spec: &WorkflowSpec) -> Result<Vec<Task>, Invalid> {
-    validate(spec, &Limits::default())?;
-    plan_steps(&spec.steps, &Limits::default())
+    let graph = check(spec, &Limits::default())?;
+    Ok(tasks(&graph, &spec.steps))
+}
+
+/// Validates steps alone and compiles them into tasks. Reports every problem of the steps at once.
+pub fn plan_steps(steps: &[Step], limits: &Limits) -> Result<Vec<Task>, Invalid> {
+    let mut problems = Vec::new();
+    match analyse(steps, limits, &mut problems) {
+        Some(graph) if problems.is_empty() => Ok(tasks(&graph, steps)),
+        _ => Err(Invalid { problems }),
+    }
+}
+
+fn check(spec: &WorkflowSpec, limits: &Limits) -> Result<StepGraph, Invalid> {
+    let mut problems = Vec::new();
+    let graph = analyse(&spec.steps, limits, &mut problems);
+    for (index, trigger) in spec.triggers.iter().enumerate() {
+        check_trigger(index, trigger, &mut problems);
+    }
+    match graph {
+        Some(graph) if problems.is_empty() => Ok(graph),
+        _ => Err(Invalid { problems }),
+    }
 }
 
 /// The Workplan the director creates for `workflow` on `trigger`: deterministic name, the
@@ -187,9 +201,15 @@ pub fn workplan_for(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workpl
     Ok(workplan)
 }
 
-/// Validates steps and compiles them into tasks. Reports every problem of the steps at once.
-pub fn plan_steps(steps: &[Step], limits: &Limits) -> Result<Vec<Task>, Invalid> {
-    let mut problems = Vec::new();
+/// The dependency graph of the steps (edges from a dependency to its dependant) in a topological
+/// order: what task building needs.
+struct StepGraph {
+    graph: DiGraph<(), ()>,
+    order: Vec<NodeIndex>,
+}
+
+/// Adds every problem of `steps` to `problems`; returns the graph when it has no cycle.
+fn analyse(steps: &[Step], limits: &Limits, problems: &mut Vec<Problem>) -> Option<StepGraph> {
     if steps.is_empty() {
         problems.push(Problem::NoSteps);
     }
@@ -252,14 +272,11 @@ pub fn plan_steps(steps: &[Step], limits: &Limits) -> Result<Vec<Task>, Invalid>
         problems.push(Problem::TooLarge { bytes, max: limits.max_workplan_bytes });
     }
 
-    match order {
-        Some(order) if problems.is_empty() => Ok(tasks(&graph, &order, steps)),
-        _ => Err(Invalid { problems }),
-    }
+    order.map(|order| StepGraph { graph, order })
 }
 
 /// Levels from a topological order, then tasks by the rule of DESIGN.md §3.
-fn tasks(graph: &DiGraph<(), ()>, order: &[NodeIndex], steps: &[Step]) -> Vec<Task> {
+fn tasks(StepGraph { graph, order }: &StepGraph, steps: &[Step]) -> Vec<Task> {
     let mut level = vec![0usize; steps.len()];
     for &node in order {
         level[node.index()] = graph
