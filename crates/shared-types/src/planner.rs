@@ -137,6 +137,31 @@ impl fmt::Display for Invalid {
     }
 }
 
+/// Checks a whole Workflow: its name (a label value on everything it creates) and its spec.
+pub fn validate_workflow(workflow: &Workflow) -> Result<(), Invalid> {
+    check_workflow(workflow).map(|_| ())
+}
+
+fn check_workflow(workflow: &Workflow) -> Result<StepGraph, Invalid> {
+    let name = workflow.metadata.name.as_deref().unwrap_or_default();
+    let name_problem = match name.len() {
+        0 => Some("is empty: a Workflow needs a name"),
+        len if len > MAX_NAME_LENGTH => Some("is longer than 63 characters"),
+        _ => None,
+    };
+    match (check(&workflow.spec, &Limits::default()), name_problem) {
+        (Ok(graph), None) => Ok(graph),
+        (result, name_problem) => {
+            let mut problems: Vec<Problem> = name_problem
+                .map(|why| Problem::WorkflowName { name: name.to_string(), why })
+                .into_iter()
+                .collect();
+            problems.extend(result.err().into_iter().flat_map(|invalid| invalid.problems));
+            Err(Invalid { problems })
+        }
+    }
+}
+
 /// Checks a whole Workflow spec, its steps and its triggers, reporting every problem at once.
 pub fn validate(spec: &WorkflowSpec, limits: &Limits) -> Result<(), Invalid> {
     check(spec, limits).map(|_| ())
@@ -173,23 +198,9 @@ fn check(spec: &WorkflowSpec, limits: &Limits) -> Result<StepGraph, Invalid> {
 /// Workflow's label, an owner reference to it (when it has a uid, as every stored object does)
 /// and the full task list.
 pub fn workplan_for(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workplan, Invalid> {
+    let graph = check_workflow(workflow)?;
+    let tasks = tasks(&graph, &workflow.spec.steps);
     let name = workflow.metadata.name.clone().unwrap_or_default();
-    let name_problem = match name.len() {
-        0 => Some("is empty: a Workflow needs a name"),
-        len if len > MAX_NAME_LENGTH => Some("is longer than 63 characters"),
-        _ => None,
-    };
-    let tasks = match (plan(&workflow.spec), name_problem) {
-        (Ok(tasks), None) => tasks,
-        (result, name_problem) => {
-            let mut problems = Vec::new();
-            if let Some(why) = name_problem {
-                problems.push(Problem::WorkflowName { name: name.clone(), why });
-            }
-            problems.extend(result.err().into_iter().flat_map(|invalid| invalid.problems));
-            return Err(Invalid { problems });
-        }
-    };
     let uid = workflow.metadata.uid.clone().unwrap_or_default();
     let mut workplan = Workplan::new(
         &render::workplan_name(&name, &uid, &trigger),

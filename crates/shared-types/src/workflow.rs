@@ -162,10 +162,21 @@ pub struct WorkflowStatus {
     #[serde(default, alias = "lastObservedGeneration", skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Trigger objects the director has seen, by uid: the object's generation, or its
-    /// resourceVersion for kinds without a generation. An object fires only when this changes.
+    /// Trigger objects the director has seen, by uid: which object, and its generation (or its
+    /// resourceVersion for kinds without a generation, such as ConfigMaps). An object fires only
+    /// when this changes; a recorded object missing from a re-list was deleted while the
+    /// director was away and fires `onDelete` once.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
-    pub last_observed_resource_generation: BTreeMap<String, String>,
+    pub last_observed_resource_generation: BTreeMap<String, ObservedObject>,
+
+    /// Triggers whose already existing objects were recorded as a baseline, so that they never
+    /// fire: `<apiVersion> <kind> <namespace>/<name or *> <selector>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baselined_triggers: Vec<String>,
+
+    /// The last value of the `kube.ci/run` annotation that started a manual run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_manual_run: Option<String>,
 
     /// `Ready` (the Workflow is valid and served) and `Invalid` (with the validation message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -187,6 +198,27 @@ pub struct WorkflowStatus {
     /// Workplans of this Workflow by phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workplans: Option<WorkplanCounts>,
+}
+
+/// A trigger object as last seen by the director.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedObject {
+    /// API version of the object.
+    pub api_version: String,
+    /// Kind of the object.
+    pub kind: String,
+    /// Namespace of the object (unset for cluster-scoped kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the object.
+    pub name: String,
+    /// The object's generation when seen, for kinds that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The object's resourceVersion when seen, for kinds without a generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
 }
 
 /// Workplans of a Workflow counted by phase.

@@ -1,0 +1,494 @@
+//! Pure trigger decisions (DESIGN.md §6): given what a watch saw and what a Workflow has recorded,
+//! which events fire and what to record. No I/O: the engine in [`super`] feeds it watch events and
+//! carries out the fires.
+//!
+//! Replay safety rests on three rules:
+//! - a trigger seen for the first time records the objects that already match as a baseline and
+//!   fires nothing for them;
+//! - afterwards an object fires only when its generation (or resourceVersion, for kinds without a
+//!   generation) differs from the recorded one, so a re-list, a restart or a duplicate delivery
+//!   fires nothing new;
+//! - a recorded object missing from a complete listing was deleted while nobody watched, and
+//!   fires `onDelete` once.
+//!
+//! A Deleted event always carries the recorded version, whichever way the deletion was noticed,
+//! so that the Workplan's deterministic name is the same when a crash makes it fire twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
+use shared_types::{EventKind, ObservedObject, Trigger};
+
+/// One watch: objects of one kind in one namespace (or cluster-wide for cluster-scoped kinds).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchKey {
+    /// API version, for example `v1` or `apps/v1`.
+    pub api_version: String,
+    /// Kind, for example `ConfigMap`.
+    pub kind: String,
+    /// Plural resource name when the trigger names one; discovery finds it otherwise.
+    pub resource: Option<String>,
+    /// The namespace watched.
+    pub namespace: Option<String>,
+}
+
+impl WatchKey {
+    fn holds(&self, recorded: &ObservedObject) -> bool {
+        // Cluster-scoped objects have no namespace, whatever namespace the trigger defaulted to.
+        recorded.api_version == self.api_version
+            && recorded.kind == self.kind
+            && (recorded.namespace.is_none() || recorded.namespace == self.namespace)
+    }
+}
+
+/// An object as a watch reports it: metadata only.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Seen {
+    pub uid: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub generation: Option<i64>,
+    pub resource_version: Option<String>,
+}
+
+impl Seen {
+    fn record(&self, key: &WatchKey) -> ObservedObject {
+        ObservedObject {
+            api_version: key.api_version.clone(),
+            kind: key.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            // Kinds with a generation fire on spec changes only; the others on any change.
+            generation: self.generation,
+            resource_version: if self.generation.is_some() { None } else { self.resource_version.clone() },
+        }
+    }
+}
+
+/// One trigger of one Workflow, resolved against the Workflow's namespace.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Stable text naming the trigger, recorded once its baseline is taken.
+    pub identity: String,
+    pub key: WatchKey,
+    pub name: Option<String>,
+    pub selector: Selector,
+    pub on_add_or_update: bool,
+    pub on_delete: bool,
+}
+
+impl Rule {
+    /// Resolves `trigger` of a Workflow in `namespace`. Fails on a selector the API would not take.
+    pub fn new(trigger: &Trigger, namespace: &str) -> Result<Rule, String> {
+        let label_selector = trigger.selector.clone().unwrap_or_default();
+        let selector = Selector::try_from(label_selector.clone()).map_err(|e| e.to_string())?;
+        let ns = trigger.namespace.clone().unwrap_or_else(|| namespace.to_string());
+        Ok(Rule {
+            identity: identity(trigger, &ns, &label_selector),
+            key: WatchKey {
+                api_version: trigger.api_version.clone(),
+                kind: trigger.kind.clone(),
+                resource: trigger.resource.clone(),
+                namespace: Some(ns),
+            },
+            name: trigger.name.clone(),
+            selector,
+            on_add_or_update: trigger.on_add_or_update,
+            on_delete: trigger.on_delete,
+        })
+    }
+
+    fn matches(&self, object: &Seen) -> bool {
+        self.name.as_ref().is_none_or(|name| *name == object.name) && self.selector.matches(&object.labels)
+    }
+}
+
+fn identity(trigger: &Trigger, namespace: &str, selector: &LabelSelector) -> String {
+    let selector = Selector::try_from(selector.clone()).map(|s| s.to_string()).unwrap_or_default();
+    let name = trigger.name.as_deref().unwrap_or("*");
+    format!("{} {} {namespace}/{name} {{{selector}}}", trigger.api_version, trigger.kind)
+}
+
+/// What the director has recorded for one Workflow (kept in its status).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Trigger objects by uid.
+    pub observed: BTreeMap<String, ObservedObject>,
+    /// Identities of the triggers whose baseline is taken.
+    pub baselined: BTreeSet<String>,
+}
+
+/// An event that starts a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fire {
+    pub event: EventKind,
+    pub uid: String,
+    pub object: ObservedObject,
+}
+
+/// The result of one decision: what fires and what changed in the record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub fires: Vec<Fire>,
+    /// Deliveries of a version already recorded.
+    pub deduplicated: u64,
+    /// Uids recorded or re-recorded.
+    pub recorded: Vec<String>,
+    /// Uids no longer recorded.
+    pub removed: Vec<String>,
+    /// Whether a baseline was taken.
+    pub baselined: bool,
+}
+
+impl Outcome {
+    /// Whether the record changed and must be saved.
+    pub fn changed(&self) -> bool {
+        self.baselined || !self.recorded.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// Forgets triggers the Workflow no longer has, and the objects only they watched.
+pub fn retain(rules: &[Rule], memory: &mut Memory) -> Outcome {
+    let mut outcome = Outcome::default();
+    let identities: HashSet<&str> = rules.iter().map(|r| r.identity.as_str()).collect();
+    let before = memory.baselined.len();
+    memory.baselined.retain(|id| identities.contains(id.as_str()));
+    outcome.baselined = before != memory.baselined.len();
+    memory.observed.retain(|uid, recorded| {
+        let kept = rules
+            .iter()
+            .any(|r| r.key.holds(recorded) && r.name.as_ref().is_none_or(|n| *n == recorded.name));
+        if !kept {
+            outcome.removed.push(uid.clone());
+        }
+        kept
+    });
+    outcome
+}
+
+/// A complete listing of `key`: baselines new triggers, and diffs the others against the record
+/// (changes, additions and deletions that happened while nobody watched).
+pub fn on_listed(rules: &[Rule], key: &WatchKey, memory: &mut Memory, listed: &[Seen]) -> Outcome {
+    let mut outcome = Outcome::default();
+    let (baselined, new): (Vec<&Rule>, Vec<&Rule>) =
+        rules.iter().filter(|r| r.key == *key).partition(|r| memory.baselined.contains(&r.identity));
+
+    if !baselined.is_empty() {
+        for object in listed {
+            applied(&baselined, key, memory, object, &mut outcome);
+        }
+        let present: HashSet<&str> = listed.iter().map(|o| o.uid.as_str()).collect();
+        let vanished: Vec<String> = memory
+            .observed
+            .iter()
+            .filter(|(uid, recorded)| key.holds(recorded) && !present.contains(uid.as_str()))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in vanished {
+            let recorded = memory.observed.remove(&uid).expect("collected from the record");
+            let fires =
+                baselined.iter().any(|r| r.on_delete && r.name.as_ref().is_none_or(|n| *n == recorded.name));
+            if fires {
+                outcome.fires.push(Fire { event: EventKind::Deleted, uid: uid.clone(), object: recorded });
+            }
+            outcome.removed.push(uid);
+        }
+    }
+
+    for rule in new {
+        for object in listed.iter().filter(|o| rule.matches(o)) {
+            if !memory.observed.contains_key(&object.uid) {
+                memory.observed.insert(object.uid.clone(), object.record(key));
+                outcome.recorded.push(object.uid.clone());
+            }
+        }
+        memory.baselined.insert(rule.identity.clone());
+        outcome.baselined = true;
+    }
+    outcome
+}
+
+/// An object of `key` was added or changed.
+pub fn on_applied(rules: &[Rule], key: &WatchKey, memory: &mut Memory, object: &Seen) -> Outcome {
+    let mut outcome = Outcome::default();
+    let baselined: Vec<&Rule> =
+        rules.iter().filter(|r| r.key == *key && memory.baselined.contains(&r.identity)).collect();
+    applied(&baselined, key, memory, object, &mut outcome);
+    outcome
+}
+
+/// An object of `key` was deleted.
+pub fn on_deleted(rules: &[Rule], key: &WatchKey, memory: &mut Memory, object: &Seen) -> Outcome {
+    let mut outcome = Outcome::default();
+    let Some(recorded) = memory.observed.remove(&object.uid) else {
+        return outcome; // never matched, or already handled
+    };
+    let fires = rules.iter().any(|r| {
+        r.key == *key
+            && r.on_delete
+            && memory.baselined.contains(&r.identity)
+            && r.name.as_ref().is_none_or(|n| *n == recorded.name)
+    });
+    if fires {
+        outcome.fires.push(Fire { event: EventKind::Deleted, uid: object.uid.clone(), object: recorded });
+    }
+    outcome.removed.push(object.uid.clone());
+    outcome
+}
+
+fn applied(rules: &[&Rule], key: &WatchKey, memory: &mut Memory, object: &Seen, outcome: &mut Outcome) {
+    let matching: Vec<&&Rule> = rules.iter().filter(|r| r.matches(object)).collect();
+    if matching.is_empty() {
+        // Out of the triggers' scope (say its labels changed): forget it, fire nothing.
+        if memory.observed.remove(&object.uid).is_some() {
+            outcome.removed.push(object.uid.clone());
+        }
+        return;
+    }
+    let record = object.record(key);
+    let event = match memory.observed.get(&object.uid) {
+        Some(previous)
+            if previous.generation == record.generation
+                && previous.resource_version == record.resource_version =>
+        {
+            outcome.deduplicated += 1;
+            return;
+        }
+        Some(_) => EventKind::Updated,
+        None => EventKind::Added,
+    };
+    memory.observed.insert(object.uid.clone(), record.clone());
+    outcome.recorded.push(object.uid.clone());
+    if matching.iter().any(|r| r.on_add_or_update) {
+        outcome.fires.push(Fire { event, uid: object.uid.clone(), object: record });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    fn trigger(
+        name: Option<&str>,
+        labels: &[(&str, &str)],
+        on_add_or_update: bool,
+        on_delete: bool,
+    ) -> Trigger {
+        Trigger {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            resource: Some("configmaps".into()),
+            namespace: None,
+            name: name.map(Into::into),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                match_expressions: None,
+            }),
+            on_add_or_update,
+            on_delete,
+        }
+    }
+
+    fn rules(triggers: &[Trigger]) -> Vec<Rule> {
+        triggers.iter().map(|t| Rule::new(t, "ns").unwrap()).collect()
+    }
+
+    fn cm(uid: &str, name: &str, rv: &str, labels: &[(&str, &str)]) -> Seen {
+        Seen {
+            uid: uid.into(),
+            name: name.into(),
+            namespace: Some("ns".into()),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            generation: None,
+            resource_version: Some(rv.into()),
+        }
+    }
+
+    fn fired(outcome: &Outcome) -> Vec<(EventKind, String, String)> {
+        outcome
+            .fires
+            .iter()
+            .map(|f| {
+                let version = f
+                    .object
+                    .resource_version
+                    .clone()
+                    .or(f.object.generation.map(|g| format!("g{g}")))
+                    .unwrap_or_default();
+                (f.event, f.object.name.clone(), version)
+            })
+            .collect()
+    }
+
+    fn key() -> WatchKey {
+        rules(&[trigger(None, &[], true, true)])[0].key.clone()
+    }
+
+    /// A Workflow whose trigger has taken its baseline over `existing`.
+    fn baselined(rules: &[Rule], existing: &[Seen]) -> Memory {
+        let mut memory = Memory::default();
+        let outcome = on_listed(rules, &key(), &mut memory, existing);
+        assert!(outcome.fires.is_empty(), "a baseline fires nothing: {outcome:?}");
+        memory
+    }
+
+    #[test]
+    fn existing_objects_are_a_baseline() {
+        let rules = rules(&[trigger(Some("my-config"), &[], true, true)]);
+        let mut memory = Memory::default();
+        let outcome = on_listed(
+            &rules,
+            &key(),
+            &mut memory,
+            &[cm("u1", "my-config", "10", &[]), cm("u2", "other", "11", &[])],
+        );
+        assert_eq!(fired(&outcome), vec![]);
+        assert!(outcome.baselined);
+        assert_eq!(outcome.recorded, vec!["u1"]);
+        assert_eq!(memory.observed["u1"].resource_version.as_deref(), Some("10"));
+        assert_eq!(memory.baselined.len(), 1);
+    }
+
+    #[test]
+    fn each_new_version_fires_once() {
+        let rules = rules(&[trigger(Some("my-config"), &[], true, true)]);
+        let mut memory = baselined(&rules, &[cm("u1", "my-config", "10", &[])]);
+        let update = cm("u1", "my-config", "12", &[]);
+        let first = on_applied(&rules, &key(), &mut memory, &update);
+        assert_eq!(fired(&first), vec![(EventKind::Updated, "my-config".into(), "12".into())]);
+        let replay = on_applied(&rules, &key(), &mut memory, &update);
+        assert_eq!((fired(&replay), replay.deduplicated, replay.changed()), (vec![], 1, false));
+    }
+
+    #[test]
+    fn new_objects_fire_added() {
+        let rules = rules(&[trigger(None, &[("app", "web")], true, false)]);
+        let mut memory = baselined(&rules, &[]);
+        let outcome = on_applied(&rules, &key(), &mut memory, &cm("u9", "web-2", "30", &[("app", "web")]));
+        assert_eq!(fired(&outcome), vec![(EventKind::Added, "web-2".into(), "30".into())]);
+    }
+
+    #[test]
+    fn non_matching_objects_are_ignored() {
+        let rules = rules(&[trigger(Some("my-config"), &[("app", "web")], true, true)]);
+        let mut memory = baselined(&rules, &[]);
+        for object in
+            [cm("a", "other-name", "1", &[("app", "web")]), cm("b", "my-config", "1", &[("app", "db")])]
+        {
+            let outcome = on_applied(&rules, &key(), &mut memory, &object);
+            assert_eq!((fired(&outcome), outcome.changed()), (vec![], false));
+        }
+        let other_namespace = WatchKey { namespace: Some("elsewhere".into()), ..key() };
+        let outcome =
+            on_applied(&rules, &other_namespace, &mut memory, &cm("c", "my-config", "1", &[("app", "web")]));
+        assert_eq!((fired(&outcome), outcome.changed()), (vec![], false));
+    }
+
+    #[test]
+    fn relists_fire_only_what_changed_while_away() {
+        let rules = rules(&[trigger(None, &[], true, true)]);
+        let mut memory = baselined(
+            &rules,
+            &[cm("same", "same", "1", &[]), cm("changed", "changed", "2", &[]), cm("gone", "gone", "3", &[])],
+        );
+        let relist =
+            [cm("same", "same", "1", &[]), cm("changed", "changed", "5", &[]), cm("new", "new", "6", &[])];
+        let outcome = on_listed(&rules, &key(), &mut memory, &relist);
+        assert_eq!(
+            fired(&outcome),
+            vec![
+                (EventKind::Updated, "changed".into(), "5".into()),
+                (EventKind::Added, "new".into(), "6".into()),
+                (EventKind::Deleted, "gone".into(), "3".into()),
+            ]
+        );
+        assert_eq!(outcome.deduplicated, 1);
+        let again = on_listed(&rules, &key(), &mut memory, &relist);
+        assert_eq!((fired(&again), again.changed()), (vec![], false), "a second re-list fires nothing");
+    }
+
+    #[test]
+    fn deletions_fire_once_with_the_recorded_version() {
+        let rules = rules(&[trigger(None, &[], true, true)]);
+        let mut memory = baselined(&rules, &[cm("u1", "cfg", "7", &[])]);
+        let final_state = cm("u1", "cfg", "8", &[]);
+        let outcome = on_deleted(&rules, &key(), &mut memory, &final_state);
+        assert_eq!(fired(&outcome), vec![(EventKind::Deleted, "cfg".into(), "7".into())]);
+        assert_eq!(fired(&on_deleted(&rules, &key(), &mut memory, &final_state)), vec![]);
+    }
+
+    #[test]
+    fn event_flags_are_honoured_but_objects_are_still_recorded() {
+        let only_delete = rules(&[trigger(None, &[], false, true)]);
+        let mut memory = baselined(&only_delete, &[]);
+        let outcome = on_applied(&only_delete, &key(), &mut memory, &cm("u1", "cfg", "1", &[]));
+        assert_eq!((fired(&outcome), outcome.recorded.clone()), (vec![], vec!["u1".to_string()]));
+        assert_eq!(
+            fired(&on_deleted(&only_delete, &key(), &mut memory, &cm("u1", "cfg", "2", &[]))).len(),
+            1
+        );
+
+        let only_update = rules(&[trigger(None, &[], true, false)]);
+        let mut memory = baselined(&only_update, &[cm("u1", "cfg", "1", &[])]);
+        let outcome = on_deleted(&only_update, &key(), &mut memory, &cm("u1", "cfg", "2", &[]));
+        assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec!["u1".to_string()]));
+    }
+
+    #[test]
+    fn kinds_with_a_generation_fire_on_spec_changes_only() {
+        let rules = rules(&[trigger(None, &[], true, true)]);
+        let deployment =
+            |rv: &str, generation: i64| Seen { generation: Some(generation), ..cm("d", "web", rv, &[]) };
+        let mut memory = baselined(&rules, &[deployment("1", 1)]);
+        let status_only = on_applied(&rules, &key(), &mut memory, &deployment("2", 1));
+        assert_eq!((fired(&status_only), status_only.deduplicated), (vec![], 1));
+        let spec_change = on_applied(&rules, &key(), &mut memory, &deployment("3", 2));
+        assert_eq!(fired(&spec_change), vec![(EventKind::Updated, "web".into(), "g2".into())]);
+    }
+
+    #[test]
+    fn leaving_the_selector_forgets_without_firing() {
+        let rules = rules(&[trigger(None, &[("app", "web")], true, true)]);
+        let mut memory = baselined(&rules, &[cm("u1", "cfg", "1", &[("app", "web")])]);
+        let outcome = on_applied(&rules, &key(), &mut memory, &cm("u1", "cfg", "2", &[("app", "db")]));
+        assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec!["u1".to_string()]));
+    }
+
+    #[test]
+    fn two_triggers_on_one_object_fire_once() {
+        let rules =
+            rules(&[trigger(Some("cfg"), &[], true, true), trigger(None, &[("app", "web")], true, true)]);
+        let mut memory = baselined(&rules, &[]);
+        let outcome = on_applied(&rules, &key(), &mut memory, &cm("u1", "cfg", "1", &[("app", "web")]));
+        assert_eq!(fired(&outcome).len(), 1);
+    }
+
+    #[test]
+    fn a_trigger_added_later_takes_its_own_baseline() {
+        let first = rules(&[trigger(Some("a"), &[], true, true)]);
+        let mut memory = baselined(&first, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
+        let both = rules(&[trigger(Some("a"), &[], true, true), trigger(Some("b"), &[], true, true)]);
+        assert!(!retain(&both, &mut memory).changed());
+        let outcome =
+            on_listed(&both, &key(), &mut memory, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
+        assert_eq!(fired(&outcome), vec![], "b already existed when its trigger appeared");
+        assert!(memory.observed.contains_key("ub"));
+        let update = on_applied(&both, &key(), &mut memory, &cm("ub", "b", "2", &[]));
+        assert_eq!(fired(&update), vec![(EventKind::Updated, "b".into(), "2".into())]);
+    }
+
+    #[test]
+    fn removed_triggers_are_forgotten() {
+        let rules_ab = rules(&[trigger(Some("a"), &[], true, true), trigger(Some("b"), &[], true, true)]);
+        let mut memory = baselined(&rules_ab, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
+        let only_a = rules(&[trigger(Some("a"), &[], true, true)]);
+        let outcome = retain(&only_a, &mut memory);
+        assert_eq!(outcome.removed, vec!["ub"]);
+        assert_eq!(memory.baselined.len(), 1);
+        // Nothing fires for b's deletion now.
+        assert_eq!(fired(&on_deleted(&only_a, &key(), &mut memory, &cm("ub", "b", "2", &[]))), vec![]);
+    }
+}
