@@ -120,14 +120,18 @@ pub fn conditions(
     }
 }
 
-/// The oldest finished Workplans beyond `limit`.
+/// The finished Workplans beyond `limit`, those that finished first: by completion time, then
+/// creation time (both have one-second resolution), then name.
 pub fn history_to_delete(workplans: &[Workplan], limit: Option<i32>) -> Vec<String> {
     let Some(limit) = limit else { return Vec::new() };
     let mut finished: Vec<&Workplan> = workplans
         .iter()
         .filter(|wp| wp.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished))
         .collect();
-    finished.sort_by_key(|wp| (wp.metadata.creation_timestamp.clone().map(|t| t.0), wp.name_any()));
+    finished.sort_by_key(|wp| {
+        let completed = wp.status.as_ref().and_then(|s| s.completion_time.clone()).map(|t| t.0);
+        (completed, wp.metadata.creation_timestamp.clone().map(|t| t.0), wp.name_any())
+    });
     let excess = finished.len().saturating_sub(limit.max(0) as usize);
     finished.into_iter().take(excess).map(ResourceExt::name_any).collect()
 }
@@ -373,6 +377,15 @@ mod tests {
         };
         wp.status = phase.map(|phase| WorkplanStatus { phase: Some(phase), ..WorkplanStatus::default() });
         wp
+    }
+
+    #[test]
+    fn history_orders_by_completion_first() {
+        let mut early = workplan("created-late-finished-early", 9, Some(Phase::Completed));
+        early.status.as_mut().unwrap().completion_time = Some(Time(Timestamp::from_second(10).unwrap()));
+        let mut late = workplan("created-early-finished-late", 1, Some(Phase::Completed));
+        late.status.as_mut().unwrap().completion_time = Some(Time(Timestamp::from_second(20).unwrap()));
+        assert_eq!(history_to_delete(&[late, early], Some(1)), ["created-late-finished-early"]);
     }
 
     #[test]

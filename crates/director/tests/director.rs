@@ -294,3 +294,119 @@ async fn only_the_lease_holder_acts() {
     assert!(found.iter().any(|wp| wp.spec.trigger.run.as_deref() == Some("after-failover")));
     assert!(standby.metric("kubeci_director_reconcile_total").await > 0.0);
 }
+
+/// Plays the workplan-operator: marks a Workplan finished at `completed`.
+async fn finish(api: &Api<Workplan>, name: &str, completed: &str) {
+    let patch = serde_json::json!({"status": {"phase": "Completed", "completionTime": completed}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+}
+
+fn by_event(found: &[Workplan], event: EventKind) -> Vec<&Workplan> {
+    found.iter().filter(|wp| wp.spec.trigger.event == event).collect()
+}
+
+#[tokio::test]
+async fn own_runs_suspend_and_history_limit() {
+    let ns = TestEnv::get().namespace("director-own-runs").await;
+    let _director = Director::start(&ns.name, false);
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    let wp_api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let spec = "  workplanHistoryLimit: 1\n  steps:\n  - {name: only, image: alpine}\n";
+    workflows.create(&PostParams::default(), &workflow(&ns.name, "plain", spec)).await.unwrap();
+
+    // Created for generation 1.
+    let first = workplans_of(&ns, 1).await.remove(0);
+    assert_eq!((first.spec.trigger.event, first.spec.trigger.generation), (EventKind::Created, Some(1)));
+
+    // A spec change: generation 2 runs once.
+    let patch =
+        serde_json::json!({"spec": {"steps": [{"name": "only", "image": "alpine", "args": ["changed"]}]}});
+    workflows.patch("plain", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let found = workplans_of(&ns, 2).await;
+    assert_eq!(
+        by_event(&found, EventKind::Created)
+            .iter()
+            .filter_map(|wp| wp.spec.trigger.generation)
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2])
+    );
+
+    // History: with both finished and a limit of 1, the older one goes.
+    for wp in &found {
+        let completed = if wp.spec.trigger.generation == Some(1) {
+            "2026-01-01T00:00:00Z"
+        } else {
+            "2026-01-01T00:01:00Z"
+        };
+        finish(&wp_api, wp.metadata.name.as_deref().unwrap(), completed).await;
+    }
+    eventually("the older finished Workplan to be deleted", TIMEOUT, || async {
+        let left = workplans(&wp_api).await;
+        (left.len() == 1 && left[0].spec.trigger.generation == Some(2)).then_some(())
+    })
+    .await;
+
+    // A manual run per new value; the same value again starts nothing.
+    let annotate = |value: &str| serde_json::json!({"metadata": {"annotations": {"kube.ci/run": value}}});
+    workflows.patch("plain", &PatchParams::default(), &Patch::Merge(annotate("x"))).await.unwrap();
+    let found = workplans_of(&ns, 2).await;
+    assert_eq!(by_event(&found, EventKind::Manual)[0].spec.trigger.run.as_deref(), Some("x"));
+    let touch = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+    workflows.patch("plain", &PatchParams::default(), &Patch::Merge(touch)).await.unwrap();
+
+    // Suspended: no run for a new value (nor for the suspend's own generation).
+    workflows
+        .patch(
+            "plain",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    workflows.patch("plain", &PatchParams::default(), &Patch::Merge(annotate("y"))).await.unwrap();
+    let suspended = |wf: Option<&Workflow>| {
+        wf.is_some_and(|w| {
+            w.status.as_ref().and_then(|s| s.observed_generation) == w.metadata.generation && w.spec.suspend
+        })
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(workflows.clone(), "plain", suspended))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await; // a wrong run would be created within this reconcile
+    assert_eq!(
+        by_event(&workplans(&wp_api).await, EventKind::Manual).len(),
+        1,
+        "nothing starts while suspended"
+    );
+
+    // Resumed: the pending manual value runs, and the resume (a spec change) runs once.
+    workflows
+        .patch(
+            "plain",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .unwrap();
+    let found = workplans_of(&ns, 4).await;
+    assert!(by_event(&found, EventKind::Manual).iter().any(|wp| wp.spec.trigger.run.as_deref() == Some("y")));
+    assert_eq!(
+        found.len(),
+        4,
+        "{:?}",
+        found.iter().map(|w| (&w.spec.trigger.event, &w.spec.trigger.run)).collect::<Vec<_>>()
+    );
+
+    // The user sees what happened as Events on the Workflow.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    let reasons: BTreeSet<String> =
+        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.contains("WorkplanCreated"), "{reasons:?}");
+
+    // The status counts the Workplans and names the last one.
+    let status = workflows.get("plain").await.unwrap().status.unwrap();
+    assert_eq!(status.steps, Some(1));
+    assert!(status.last_workplan.is_some());
+    assert_eq!(status.workplans.map(|c| c.pending + c.running + c.completed + c.failed), Some(4));
+}
