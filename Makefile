@@ -1,7 +1,7 @@
 # The commands developers and CI run. `.ci/run` installs prerequisites, then runs `make test`.
 .PHONY: run test crds bench down
 
-# Bring up a local control plane with kubeci's CRDs and show a Workflow and its plan.
+# kubeci on a local control plane: the CRDs, the director, the seed Workflow fired by a ConfigMap.
 run:
 	hack/run-local.sh
 
@@ -19,6 +19,7 @@ crds:
 bench:
 	cargo bench -p shared-types --bench planner
 
-# Stop the local control plane started by `make run`.
+# Stop what `make run` started.
 down:
+	-[ -f .testenv/director.pid ] && kill $$(cat .testenv/director.pid) 2>/dev/null
 	hack/testenv.sh down

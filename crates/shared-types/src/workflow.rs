@@ -126,7 +126,8 @@ pub struct Trigger {
     #[schemars(length(min = 1))]
     pub kind: String,
 
-    /// Plural resource name, for example `configmaps`. Optional: found by discovery when unset.
+    /// Plural resource name, for example `configmaps`. Optional and informational: the director
+    /// resolves `apiVersion` and `kind` to the resource by discovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
 

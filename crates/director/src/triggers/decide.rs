@@ -21,14 +21,14 @@ use kube::core::{Selector, SelectorExt};
 use shared_types::{EventKind, ObservedObject, Trigger};
 
 /// One watch: objects of one kind in one namespace (or cluster-wide for cluster-scoped kinds).
+/// Discovery resolves the kind to its resource, so a trigger's optional `resource` is not part of
+/// the identity: two triggers on one kind share a watch whether or not they name it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WatchKey {
     /// API version, for example `v1` or `apps/v1`.
     pub api_version: String,
     /// Kind, for example `ConfigMap`.
     pub kind: String,
-    /// Plural resource name when the trigger names one; discovery finds it otherwise.
-    pub resource: Option<String>,
     /// The namespace watched.
     pub namespace: Option<String>,
 }
@@ -90,7 +90,6 @@ impl Rule {
             key: WatchKey {
                 api_version: trigger.api_version.clone(),
                 kind: trigger.kind.clone(),
-                resource: trigger.resource.clone(),
                 namespace: Some(ns),
             },
             name: trigger.name.clone(),

@@ -385,11 +385,6 @@ async fn run_watch(
             }
         }
     };
-    if let Some(plural) = &key.resource
-        && *plural != resource.plural
-    {
-        tracing::warn!(?key, discovered = %resource.plural, "the trigger's resource differs from discovery; using discovery's");
-    }
     let api: Api<PartialObjectMeta<DynamicObject>> = match (&scope, &key.namespace) {
         (Scope::Namespaced, Some(namespace)) => Api::namespaced_with(client, namespace, &resource),
         _ => Api::all_with(client, &resource),
