@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use shared_types::planner::workplan_for;
-use shared_types::{EventKind, Invalid, TriggerEvent, Workflow, Workplan};
+use shared_types::{Invalid, TriggerEvent, Workflow, Workplan};
 
 /// kubectl kubeci: plan and inspect kubeci Workflows.
 #[derive(Parser, Debug)]
@@ -99,17 +99,7 @@ fn run_plan(args: &PlanArgs, stdin: &mut dyn Read) -> Result<String, Error> {
 }
 
 fn manual_run() -> TriggerEvent {
-    TriggerEvent {
-        event: EventKind::Manual,
-        api_version: None,
-        kind: None,
-        namespace: None,
-        name: None,
-        uid: None,
-        generation: None,
-        resource_version: None,
-        run: None,
-    }
+    TriggerEvent::manual(None)
 }
 
 fn read_input(file: &Path, stdin: &mut dyn Read) -> std::io::Result<String> {

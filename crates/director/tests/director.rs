@@ -145,9 +145,10 @@ async fn configmap_trigger_fires_once_per_change_of_a_matching_configmap() {
     assert_eq!(workplans_of(&ns, 2).await.len(), 2);
 }
 
-#[tokio::test]
-async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
-    let ns = TestEnv::get().namespace("director-restart").await;
+/// A namespace with the seed's ConfigMap `my-config`, a director, and the seed's Workflow with its
+/// baseline taken.
+async fn seed_with_config_map(test: &str) -> (TestNamespace, Api<ConfigMap>, Director) {
+    let ns = TestEnv::get().namespace(test).await;
     let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     cms.create(&PostParams::default(), &config_map("my-config", &[], "0")).await.unwrap();
     let director = Director::start(&ns.name, false);
@@ -156,6 +157,12 @@ async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
         .await
         .unwrap();
     baselined(&ns, "my-workflow").await;
+    (ns, cms, director)
+}
+
+#[tokio::test]
+async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
+    let (ns, cms, director) = seed_with_config_map("director-restart").await;
     director.kill();
 
     // Restart with nothing changed: the re-list is deduplicated, nothing fires.
@@ -188,15 +195,7 @@ async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
 
 #[tokio::test]
 async fn rapid_updates_give_one_workplan_per_observed_version() {
-    let ns = TestEnv::get().namespace("director-rapid-updates").await;
-    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
-    cms.create(&PostParams::default(), &config_map("my-config", &[], "0")).await.unwrap();
-    let director = Director::start(&ns.name, false);
-    Api::<Workflow>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &seed(&ns.name))
-        .await
-        .unwrap();
-    baselined(&ns, "my-workflow").await;
+    let (ns, cms, director) = seed_with_config_map("director-rapid-updates").await;
 
     let mut last = String::new();
     for i in 1..=100 {

@@ -9,8 +9,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use pretty_assertions::assert_eq;
 use shared_types::planner::workplan_for;
 use shared_types::{
-    EventKind, JobState, Phase, RequestState, RequestStateSpec, TriggerEvent, Workflow, Workplan,
-    WorkplanStatus,
+    JobState, Phase, RequestState, RequestStateSpec, TriggerEvent, Workflow, Workplan, WorkplanStatus,
 };
 
 const SEED: &str = include_str!("../../../examples/seed-workflow.yaml");
@@ -130,17 +129,7 @@ async fn too_many_steps_are_rejected() {
 fn seed_workplan(ns: &str) -> Workplan {
     let mut workflow = seed_in(ns);
     workflow.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
-    let trigger = TriggerEvent {
-        event: EventKind::Manual,
-        api_version: None,
-        kind: None,
-        namespace: None,
-        name: None,
-        uid: None,
-        generation: None,
-        resource_version: None,
-        run: Some("1".into()),
-    };
+    let trigger = TriggerEvent::manual(Some("1".into()));
     let mut workplan = workplan_for(&workflow, trigger).unwrap();
     workplan.metadata.owner_references = None; // the Workflow is not stored in this test
     workplan

@@ -157,6 +157,23 @@ pub struct TriggerEvent {
     pub run: Option<String>,
 }
 
+impl TriggerEvent {
+    /// A manual run (the `kube.ci/run` annotation's `value`), with no trigger object.
+    pub fn manual(value: Option<String>) -> Self {
+        TriggerEvent {
+            event: EventKind::Manual,
+            api_version: None,
+            kind: None,
+            namespace: None,
+            name: None,
+            uid: None,
+            generation: None,
+            resource_version: None,
+            run: value,
+        }
+    }
+}
+
 /// Where a Workplan stands: Pending (not started), Running, Completed (every task succeeded) or
 /// Failed; Completed and Failed are set only after the workspace cleanup was attempted.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

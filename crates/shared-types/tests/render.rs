@@ -9,17 +9,7 @@ use shared_types::{EventKind, Step, TriggerEvent, Workflow, Workplan};
 const SEED: &str = include_str!("../../../examples/seed-workflow.yaml");
 
 fn manual() -> TriggerEvent {
-    TriggerEvent {
-        event: EventKind::Manual,
-        api_version: None,
-        kind: None,
-        namespace: None,
-        name: None,
-        uid: None,
-        generation: None,
-        resource_version: None,
-        run: Some("1".into()),
-    }
+    TriggerEvent::manual(Some("1".into()))
 }
 
 /// The seed's Workplan as the API server would return it.
