@@ -77,10 +77,6 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let reporter = Reporter { controller: "kubeci-director".into(), instance: Some(identity.clone()) };
     let recorder = Recorder::new(client.clone(), reporter);
-    let (engine, engine_task) =
-        Engine::start(client.clone(), recorder.clone(), metrics.clone(), shutdown.clone());
-    let context = Arc::new(Context { client: client.clone(), recorder, metrics: metrics.clone(), engine });
-
     let (workflows, workplans): (Api<Workflow>, Api<Workplan>) = match &args.common.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
@@ -88,6 +84,9 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let controller = Controller::new(workflows, watcher::Config::default().any_semantic())
         .owns(workplans, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let (engine, engine_task) =
+        Engine::start(client.clone(), recorder.clone(), metrics.clone(), store.clone(), shutdown.clone());
+    let context = Arc::new(Context { client: client.clone(), recorder, metrics: metrics.clone(), engine });
     let ready = readiness.clone();
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {

@@ -103,7 +103,7 @@ async fn configmap_trigger_fires_once_per_change_of_a_matching_configmap() {
     ] {
         api.create(&PostParams::default(), &config_map(name, &labels, "0")).await.unwrap();
     }
-    let _director = Director::start(&ns.name, false);
+    let director = Director::start(&ns.name, false);
     let mut wf = seed(&ns.name);
     wf.spec.triggers[0].selector =
         Some(serde_json::from_value(serde_json::json!({"matchLabels": {"app": "web"}})).unwrap());
@@ -143,6 +143,15 @@ async fn configmap_trigger_fires_once_per_change_of_a_matching_configmap() {
     // A second update: a second Workplan.
     set_value(&cms, "my-config", "2").await;
     assert_eq!(workplans_of(&ns, 2).await.len(), 2);
+
+    // Deleting the Workflow stops its trigger: the next change fires nothing and the watch ends.
+    workflows.delete("my-workflow", &DeleteParams::default()).await.unwrap();
+    set_value(&cms, "my-config", "3").await;
+    eventually("the trigger watch to stop", TIMEOUT, || async {
+        (director.metric("kubeci_director_trigger_watches").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(director.metric("kubeci_director_trigger_fired_total").await, 2.0);
 }
 
 /// A namespace with the seed's ConfigMap `my-config`, a director, and the seed's Workflow with its

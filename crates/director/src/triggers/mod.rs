@@ -18,9 +18,10 @@ use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::discovery::{Scope, pinned_kind};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::{WatchStreamExt, reflector::ObjectRef};
 use kube::{Client, Resource, ResourceExt};
 use shared_types::planner::workplan_for;
 use shared_types::{TriggerEvent, Workflow, Workplan};
@@ -51,6 +52,7 @@ impl Engine {
         client: Client,
         recorder: Recorder,
         metrics: Arc<Metrics>,
+        cache: Store<Workflow>,
         shutdown: plumbing::Shutdown,
     ) -> (Engine, JoinHandle<()>) {
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -62,6 +64,7 @@ impl Engine {
             workflows: HashMap::new(),
             watches: HashMap::new(),
             events_tx,
+            cache,
         };
         let task = tokio::spawn(state.run(receiver, events, shutdown));
         (Engine { commands }, task)
@@ -100,6 +103,8 @@ struct EngineState {
     workflows: HashMap<ObjectRef<Workflow>, Served>,
     watches: HashMap<WatchKey, WatchState>,
     events_tx: mpsc::UnboundedSender<WatchEvent>,
+    /// The Workflow controller's cache: which Workflows still exist.
+    cache: Store<Workflow>,
 }
 
 impl EngineState {
@@ -128,27 +133,42 @@ impl EngineState {
         match command {
             Command::Register { workflow, rules } => {
                 let key = ObjectRef::from_obj(workflow.as_ref());
-                let served = self.workflows.entry(key.clone()).or_insert_with(|| Served {
-                    // First sight (or a restart): the status holds what was recorded. Later the
-                    // engine's own memory is newer than any status the controller has cached.
-                    memory: memory_from_status(&workflow),
-                    workflow: workflow.clone(),
-                    rules: Vec::new(),
-                });
-                served.workflow = workflow;
-                served.rules = rules;
-                let outcome = decide::retain(&served.rules, &mut served.memory);
-                self.act(&key, outcome).await;
-                let keys: BTreeSet<WatchKey> =
-                    self.workflows[&key].rules.iter().map(|r| r.key.clone()).collect();
-                for watch_key in keys {
-                    self.ensure_watch(&watch_key);
-                    if let Some(objects) = self.watches[&watch_key].objects.as_ref() {
-                        let listed: Vec<Seen> = objects.values().cloned().collect();
-                        let served = self.workflows.get_mut(&key).expect("registered above");
-                        let outcome =
-                            decide::on_listed(&served.rules, &watch_key, &mut served.memory, &listed);
-                        self.act(&key, outcome).await;
+                let identities =
+                    |rules: &[Rule]| rules.iter().map(|r| r.identity.clone()).collect::<Vec<_>>();
+                let same_triggers = match self.workflows.get_mut(&key) {
+                    // The same Workflow (not one re-created under its name) with the same
+                    // triggers: only the object changes (suspend, the steps to plan).
+                    Some(served) if served.workflow.uid() == workflow.uid() => {
+                        let same = identities(&served.rules) == identities(&rules);
+                        served.workflow = workflow.clone();
+                        served.rules = rules.clone();
+                        same
+                    }
+                    _ => {
+                        // First sight (or a restart): the status holds what was recorded. Later
+                        // the engine's memory is newer than any status the controller caches.
+                        let memory = memory_from_status(&workflow);
+                        self.workflows.insert(
+                            key.clone(),
+                            Served { workflow: workflow.clone(), rules: rules.clone(), memory },
+                        );
+                        false
+                    }
+                };
+                if !same_triggers {
+                    let served = self.workflows.get_mut(&key).expect("registered above");
+                    let outcome = decide::retain(&served.rules, &mut served.memory);
+                    self.act(&key, outcome).await;
+                    let keys: BTreeSet<WatchKey> = rules.iter().map(|r| r.key.clone()).collect();
+                    for watch_key in keys {
+                        self.ensure_watch(&watch_key);
+                        if let Some(objects) = self.watches[&watch_key].objects.as_ref() {
+                            let listed: Vec<Seen> = objects.values().cloned().collect();
+                            let served = self.workflows.get_mut(&key).expect("registered above");
+                            let outcome =
+                                decide::on_listed(&served.rules, &watch_key, &mut served.memory, &listed);
+                            self.act(&key, outcome).await;
+                        }
                     }
                 }
             }
@@ -177,6 +197,22 @@ impl EngineState {
             WatchEvent::Deleted(_, object) => {
                 watch.objects.get_or_insert_with(BTreeMap::new).remove(&object.uid);
             }
+        }
+        // A deleted Workflow is not reconciled again (it has no finalizer): the controller's cache
+        // tells the engine it is gone (or re-created: another uid under the same name).
+        let cache = &self.cache;
+        let gone: Vec<ObjectRef<Workflow>> = self
+            .workflows
+            .iter()
+            .filter(|(k, s)| cache.get(k).is_none_or(|cached| cached.uid() != s.workflow.uid()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !gone.is_empty() {
+            for workflow in gone {
+                tracing::info!(%workflow, "Workflow deleted: its triggers are no longer served");
+                self.workflows.remove(&workflow);
+            }
+            self.stop_unused_watches();
         }
         let interested: Vec<ObjectRef<Workflow>> = self
             .workflows
