@@ -86,7 +86,13 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let store = controller.store();
     let (engine, engine_task) =
         Engine::start(client.clone(), recorder.clone(), metrics.clone(), store.clone(), shutdown.clone());
-    let context = Arc::new(Context { client: client.clone(), recorder, metrics: metrics.clone(), engine });
+    let context = Arc::new(Context {
+        client: client.clone(),
+        served_kinds: Default::default(),
+        recorder,
+        metrics: metrics.clone(),
+        engine,
+    });
     let ready = readiness.clone();
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {

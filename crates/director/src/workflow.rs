@@ -11,6 +11,8 @@ use std::time::Instant;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -48,6 +50,8 @@ impl Error {
 /// Shared by every reconciliation.
 pub struct Context {
     pub client: Client,
+    /// Trigger kinds discovery found (kinds not found are looked up again).
+    pub served_kinds: std::sync::Mutex<std::collections::HashSet<GroupVersionKind>>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub engine: Engine,
@@ -84,11 +88,23 @@ pub fn runs_to_start(workflow: &Workflow) -> Vec<TriggerEvent> {
     runs
 }
 
-/// `Ready` and `Invalid` for a Workflow that is valid (`problem` None) or not, keeping the
-/// transition time of conditions whose status did not change.
+/// Whether a Workflow can be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Valid, every trigger's kind served by the API server.
+    Valid,
+    /// The planner (or a selector) found problems: nothing runs.
+    Invalid(String),
+    /// Valid, but a trigger's kind is not served (yet): the others are served, the Workflow is
+    /// not Ready, and the kind is looked up again.
+    Unresolved(String),
+}
+
+/// `Ready` and `Invalid` for a Workflow's health, keeping the transition time of conditions
+/// whose status did not change.
 pub fn conditions(
     previous: &[Condition],
-    problem: Option<&str>,
+    health: &Health,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
@@ -108,14 +124,18 @@ pub fn conditions(
             observed_generation: generation,
         }
     };
-    match problem {
-        None => vec![
+    match health {
+        Health::Valid => vec![
             condition("Ready", true, "Valid", "the Workflow is valid and its triggers are served"),
             condition("Invalid", false, "Valid", ""),
         ],
-        Some(message) => vec![
+        Health::Invalid(message) => vec![
             condition("Ready", false, "Invalid", "the Workflow is invalid; see the Invalid condition"),
             condition("Invalid", true, "ValidationFailed", message),
+        ],
+        Health::Unresolved(message) => vec![
+            condition("Ready", false, "TriggerKindNotFound", message),
+            condition("Invalid", false, "Valid", ""),
         ],
     }
 }
@@ -169,7 +189,7 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    // Validate: the planner, plus the label selectors the trigger watches need.
+    // Validate: the planner, the label selectors the trigger watches need, and the trigger kinds.
     let rules: Result<Vec<Rule>, String> = workflow
         .spec
         .triggers
@@ -177,20 +197,18 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
         .enumerate()
         .map(|(i, t)| Rule::new(t, &namespace).map_err(|e| format!("spec.triggers[{i}].selector: {e}")))
         .collect();
-    let problem = match (validate_workflow(workflow), &rules) {
-        (Ok(()), Ok(_)) => None,
-        (Err(invalid), _) => Some(invalid.to_string()),
-        (Ok(()), Err(e)) => Some(e.clone()),
+    let (health, rules) = match (validate_workflow(workflow), rules) {
+        (Err(invalid), _) => (Health::Invalid(invalid.to_string()), None),
+        (Ok(()), Err(e)) => (Health::Invalid(e), None),
+        (Ok(()), Ok(rules)) => match unserved_kinds(ctx, workflow).await {
+            Some(message) => (Health::Unresolved(message), Some(rules)),
+            None => (Health::Valid, Some(rules)),
+        },
     };
 
     let mut status = WorkflowStatus {
         observed_generation: workflow.metadata.generation,
-        conditions: conditions(
-            &previous.conditions,
-            problem.as_deref(),
-            workflow.metadata.generation,
-            Timestamp::now(),
-        ),
+        conditions: conditions(&previous.conditions, &health, workflow.metadata.generation, Timestamp::now()),
         steps: Some(workflow.spec.steps.len() as i32),
         triggers: Some(workflow.spec.triggers.len() as i32),
         last_manual_run: previous.last_manual_run.clone(),
@@ -198,19 +216,11 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
     };
     let mut created = None;
 
-    match (&problem, rules) {
-        (Some(message), _) => {
+    match rules {
+        None => {
             ctx.engine.send(Command::Unregister(ObjectRef::from_obj(workflow.as_ref())));
-            let was_invalid = previous
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Invalid" && c.status == "True" && c.message == *message);
-            if !was_invalid {
-                tracing::info!(workflow = %name, %message, "Workflow is invalid");
-                publish(&ctx.recorder, workflow, EventType::Warning, "Invalid", message.clone()).await;
-            }
         }
-        (None, Ok(rules)) => {
+        Some(rules) => {
             ctx.engine.send(Command::Register { workflow: workflow.clone(), rules });
             for run in runs_to_start(workflow) {
                 let (event, value) = (run.event, run.run.clone());
@@ -228,7 +238,18 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
                 status.observed_generation = workflow.metadata.generation;
             }
         }
-        (None, Err(_)) => unreachable!("a selector error is a problem"),
+    }
+    let (reason, message) = match &health {
+        Health::Valid => ("", ""),
+        Health::Invalid(message) => ("Invalid", message.as_str()),
+        Health::Unresolved(message) => ("TriggerKindNotFound", message.as_str()),
+    };
+    let reported =
+        previous.conditions.iter().any(|c| c.status == "False" && c.type_ == "Ready" && c.reason == reason)
+            && previous.conditions.iter().any(|c| c.message == message);
+    if health != Health::Valid && !reported {
+        tracing::info!(workflow = %name, reason, message, "Workflow is not ready");
+        publish(&ctx.recorder, workflow, EventType::Warning, reason, message.to_string()).await;
     }
 
     // Workplans of this Workflow: trim the history, count by phase, newest name.
@@ -271,7 +292,37 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(|source| Error::Status { workflow: name.clone(), source })?;
-    Ok(Action::await_change())
+    Ok(match health {
+        // The kind may be installed later (a CRD); look again.
+        Health::Unresolved(_) => Action::requeue(std::time::Duration::from_secs(30)),
+        _ => Action::await_change(),
+    })
+}
+
+/// `None` when the API server serves every trigger's kind, else a message naming the triggers
+/// that it does not. Kinds found once are remembered; kinds not found are asked again.
+async fn unserved_kinds(ctx: &Context, workflow: &Workflow) -> Option<String> {
+    let mut problems = Vec::new();
+    for (i, trigger) in workflow.spec.triggers.iter().enumerate() {
+        let (group, version) = match trigger.api_version.split_once('/') {
+            Some((group, version)) => (group, version),
+            None => ("", trigger.api_version.as_str()),
+        };
+        let gvk = GroupVersionKind::gvk(group, version, &trigger.kind);
+        if ctx.served_kinds.lock().expect("not poisoned").contains(&gvk) {
+            continue;
+        }
+        match pinned_kind(&ctx.client, &gvk).await {
+            Ok(_) => {
+                ctx.served_kinds.lock().expect("not poisoned").insert(gvk);
+            }
+            Err(e) => problems.push(format!(
+                "spec.triggers[{i}]: the API server does not serve kind {} in {} ({e})",
+                trigger.kind, trigger.api_version
+            )),
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// Failed reconciliations are retried with a short delay; the error is counted by kind.
@@ -345,19 +396,33 @@ mod tests {
     fn conditions_keep_their_transition_time() {
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
-        let valid = conditions(&[], None, Some(1), t0);
+        let valid = conditions(&[], &Health::Valid, Some(1), t0);
         assert_eq!(
             valid.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect::<Vec<_>>(),
             [("Ready", "True"), ("Invalid", "False")]
         );
-        let still_valid = conditions(&valid, None, Some(2), t1);
+        let still_valid = conditions(&valid, &Health::Valid, Some(2), t1);
         assert_eq!(still_valid[0].last_transition_time, Time(t0));
-        let invalid = conditions(&still_valid, Some("spec.steps: dependency cycle a → b → a"), Some(3), t1);
+        let invalid = conditions(
+            &still_valid,
+            &Health::Invalid("spec.steps: dependency cycle a → b → a".into()),
+            Some(3),
+            t1,
+        );
         assert_eq!(
             (invalid[0].status.as_str(), invalid[0].last_transition_time.clone()),
             ("False", Time(t1))
         );
         assert_eq!(invalid[1].message, "spec.steps: dependency cycle a → b → a");
+        let unresolved =
+            conditions(&invalid, &Health::Unresolved("spec.triggers[0]: ...".into()), Some(4), t1);
+        assert_eq!(
+            unresolved
+                .iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+                .collect::<Vec<_>>(),
+            [("Ready", "False", "TriggerKindNotFound"), ("Invalid", "False", "Valid")]
+        );
     }
 
     fn workplan(name: &str, second: i64, phase: Option<Phase>) -> Workplan {

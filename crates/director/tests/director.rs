@@ -263,6 +263,44 @@ async fn invalid_workflows_are_reported_and_others_still_served() {
     assert_eq!(message, "spec.steps: dependency cycle a → b → a (each step depends on the next)");
     assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False"));
 
+    // A trigger on a kind the API server does not serve: not Ready, the field named.
+    let typo = "  triggers:\n  - {apiVersion: v1, kind: ConfigMapp, onAddOrUpdate: true}\n  steps:\n  - {name: a, image: alpine}\n";
+    workflows.create(&PostParams::default(), &workflow(&ns.name, "typo", typo)).await.unwrap();
+    let not_ready = |wf: Option<&Workflow>| {
+        wf.and_then(|w| w.status.as_ref()).is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "TriggerKindNotFound")
+        })
+    };
+    let typo = tokio::time::timeout(TIMEOUT, await_condition(workflows.clone(), "typo", not_ready))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ready = typo.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.message.starts_with("spec.triggers[0]: the API server does not serve kind ConfigMapp in v1"),
+        "{}",
+        ready.message
+    );
+
+    // The user is told with a Warning Event on the Workflow.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    let invalid_event = eventually("the Invalid Event", TIMEOUT, || {
+        let events = events.clone();
+        async move {
+            events.list(&Default::default()).await.unwrap().items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("Invalid")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken")
+            })
+        }
+    })
+    .await;
+    assert_eq!(invalid_event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        invalid_event.note.as_deref(),
+        Some("spec.steps: dependency cycle a → b → a (each step depends on the next)")
+    );
+
     // The valid Workflow (no triggers) runs once for its generation; the broken one never.
     let found = workplans_of(&ns, 1).await;
     assert_eq!(found.len(), 1);
