@@ -8,7 +8,9 @@
 pub mod crds;
 pub mod labels;
 pub mod limits;
+pub mod outcome;
 pub mod planner;
+pub mod protocol;
 pub mod render;
 pub mod request_state;
 pub mod workflow;

@@ -24,16 +24,24 @@ pub const WORKSPACE_MOUNT_PATH: &str = "/kubeci";
 /// Name of the workspace volume in the pod.
 pub const WORKSPACE_VOLUME: &str = "kubeci-workspace";
 
+/// The image of the cleanup pod when nothing else is configured: it needs only `rm`.
+pub const DEFAULT_CLEANUP_IMAGE: &str = "busybox:1.37";
+
 /// Settings of the rendering that are the operator's, not the user's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderConfig {
     /// Directory on the node under which workspaces are created.
     pub workspace_root: String,
+    /// Image of the cleanup pod.
+    pub cleanup_image: String,
 }
 
 impl Default for RenderConfig {
     fn default() -> Self {
-        Self { workspace_root: DEFAULT_WORKSPACE_ROOT.to_string() }
+        Self {
+            workspace_root: DEFAULT_WORKSPACE_ROOT.to_string(),
+            cleanup_image: DEFAULT_CLEANUP_IMAGE.to_string(),
+        }
     }
 }
 
@@ -89,6 +97,63 @@ pub fn task_pod(
         }),
         status: None,
     })
+}
+
+/// The pod that removes the Workplan's workspace directory on `node` (DESIGN.md §4): it mounts the
+/// Workflow's directory `<root>/<namespace>/<workflow>` and deletes the Workplan's entry in it.
+pub fn cleanup_pod(
+    workplan: &Workplan,
+    node: Option<&str>,
+    config: &RenderConfig,
+) -> Result<Pod, RenderError> {
+    let meta = WorkplanMeta::of(workplan)?;
+    let workflow = &workplan.spec.workflow;
+    let parent = workspace_path(&config.workspace_root, meta.namespace, workflow, "");
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(cleanup_pod_name(meta.name)),
+            namespace: Some(meta.namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (labels::WORKFLOW.to_string(), workflow.clone()),
+                (labels::WORKPLAN.to_string(), meta.name.to_string()),
+                (labels::TASK.to_string(), "cleanup".to_string()),
+            ])),
+            owner_references: Some(vec![meta.owner_reference()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "cleanup".to_string(),
+                image: Some(config.cleanup_image.clone()),
+                image_pull_policy: Some("IfNotPresent".to_string()),
+                // A Workplan name is a DNS-1123 name: no '/' or '..' can leave the directory.
+                command: Some(vec!["rm".into(), "-rf".into(), format!("/workspaces/{}", meta.name)]),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: WORKSPACE_VOLUME.to_string(),
+                    mount_path: "/workspaces".to_string(),
+                    ..VolumeMount::default()
+                }]),
+                ..Container::default()
+            }],
+            restart_policy: Some("Never".to_string()),
+            node_name: node.map(str::to_string),
+            volumes: Some(vec![Volume {
+                name: WORKSPACE_VOLUME.to_string(),
+                host_path: Some(HostPathVolumeSource {
+                    path: parent.trim_end_matches('/').to_string(),
+                    type_: Some("DirectoryOrCreate".to_string()),
+                }),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// `<workplan>-cleanup`.
+pub fn cleanup_pod_name(workplan: &str) -> String {
+    format!("{workplan}-cleanup")
 }
 
 /// `<workplan>-task-<i>`.

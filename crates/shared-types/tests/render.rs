@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use pretty_assertions::assert_eq;
 use shared_types::planner::workplan_for;
-use shared_types::render::{RenderConfig, RenderError, task_pod, workplan_name};
+use shared_types::render::{RenderConfig, RenderError, cleanup_pod, task_pod, workplan_name};
 use shared_types::{EventKind, Step, TriggerEvent, Workflow, Workplan};
 
 const SEED: &str = include_str!("../../../examples/seed-workflow.yaml");
@@ -34,7 +34,7 @@ fn task_0_serial_steps_are_init_containers() {
 
 #[test]
 fn later_tasks_are_pinned_to_the_node() {
-    let config = RenderConfig { workspace_root: "/srv/ci/".into() };
+    let config = RenderConfig { workspace_root: "/srv/ci/".into(), ..RenderConfig::default() };
     let pod = task_pod(&seed_workplan(), 1, Some("node-a"), &config).unwrap();
     assert_eq!(pod, expected(include_str!("fixtures/seed-task-1-pod.yaml")));
 }
@@ -122,4 +122,17 @@ fn workplan_for_sets_owner_labels_and_tasks() {
     );
     assert_eq!(workplan.spec.workflow, "my-workflow");
     assert_eq!(workplan.spec.tasks.len(), 2);
+}
+
+#[test]
+fn cleanup_removes_the_workplans_workspace_on_its_node() {
+    let pod = cleanup_pod(&seed_workplan(), Some("node-a"), &RenderConfig::default()).unwrap();
+    assert_eq!(pod, expected(include_str!("fixtures/seed-cleanup-pod.yaml")));
+    // The directory it removes is the one every task mounted.
+    let task = task_pod(&seed_workplan(), 0, Some("node-a"), &RenderConfig::default()).unwrap();
+    let task_dir = task.spec.unwrap().volumes.unwrap()[0].host_path.clone().unwrap().path;
+    let spec = pod.spec.unwrap();
+    let parent = spec.volumes.unwrap()[0].host_path.clone().unwrap().path;
+    let removed = spec.containers[0].command.clone().unwrap()[2].replace("/workspaces", &parent);
+    assert_eq!(removed, task_dir);
 }

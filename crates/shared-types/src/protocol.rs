@@ -1,0 +1,381 @@
+//! The hand-off protocol of DESIGN.md §5 as pure functions over a `RequestState`.
+//!
+//! The workplan-operator asks [`next_step`] what to do for a Workplan; workers move a job with
+//! [`claim`] and [`report`]. Every transition returns the whole new RequestState: the state change
+//! (spec) and its history entry (status) are one object, written in one update guarded by the
+//! resourceVersion it was read at, so two writers can never both succeed and no entry is lost.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::request_state::{HistoryEntry, JobState, RequestState, RequestStateStatus};
+use crate::workplan::Phase;
+
+/// The job name of the workspace cleanup, requested after the last task or after a failure.
+pub const CLEANUP: &str = "cleanup";
+
+/// A job of a Workplan: one of its tasks, or the cleanup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Task `i` (0-based).
+    Task(usize),
+    /// Removing the workspace directory.
+    Cleanup,
+}
+
+impl Job {
+    /// Reads `task-<i>` or `cleanup`.
+    pub fn parse(job: &str) -> Option<Job> {
+        if job == CLEANUP {
+            return Some(Job::Cleanup);
+        }
+        let index = job.strip_prefix("task-")?;
+        // The CRD's pattern: no sign, no leading zeros.
+        if index.is_empty()
+            || (index.len() > 1 && index.starts_with('0'))
+            || !index.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        index.parse().ok().map(Job::Task)
+    }
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Job::Task(i) => write!(f, "task-{i}"),
+            Job::Cleanup => f.write_str(CLEANUP),
+        }
+    }
+}
+
+/// What the workplan-operator does next for a Workplan of `tasks` tasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Create the RequestState requesting `task-0`.
+    Create,
+    /// Request `job` (with a history message, such as why a job is requested again).
+    Request { job: Job, message: Option<String> },
+    /// The job is with a worker, or waiting for one: nothing to do until the RequestState changes
+    /// (or, for a started job, until its worker's lease would expire).
+    Wait,
+    /// The cleanup was attempted: the Workplan's final phase and reason.
+    Finish { phase: Phase, reason: String },
+}
+
+/// Why a RequestState cannot be acted on: it was written by something that does not follow the
+/// protocol. The operator reports it on the Workplan instead of guessing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("RequestState job {0:?} is neither task-<i> nor cleanup")]
+    BadJob(String),
+    #[error("RequestState job {job} is past the Workplan's last task (it has {tasks})")]
+    NoSuchTask { job: String, tasks: usize },
+}
+
+/// The operator's decision. `worker_alive` tells whether a worker's Lease is still held.
+pub fn next_step(
+    tasks: usize,
+    request: Option<&RequestState>,
+    worker_alive: impl Fn(&str) -> bool,
+) -> Result<Step, ProtocolError> {
+    let Some(request) = request else { return Ok(Step::Create) };
+    let job = Job::parse(&request.spec.job).ok_or_else(|| ProtocolError::BadJob(request.spec.job.clone()))?;
+    if let Job::Task(i) = job
+        && i >= tasks
+    {
+        return Err(ProtocolError::NoSuchTask { job: request.spec.job.clone(), tasks });
+    }
+    Ok(match (job, request.spec.state) {
+        (_, JobState::Requested) => Step::Wait,
+        (_, JobState::Started) => match &request.spec.worker {
+            Some(worker) if worker_alive(worker) => Step::Wait,
+            worker => Step::Request {
+                job,
+                message: Some(format!(
+                    "worker {} lost: its lease expired",
+                    worker.as_deref().unwrap_or("<none>")
+                )),
+            },
+        },
+        (Job::Task(i), JobState::Completed) if i + 1 < tasks => {
+            Step::Request { job: Job::Task(i + 1), message: None }
+        }
+        (Job::Task(_), JobState::Completed) | (Job::Task(_), JobState::Failed) => {
+            Step::Request { job: Job::Cleanup, message: None }
+        }
+        (Job::Cleanup, state) => {
+            let (phase, mut reason) = match failure(request) {
+                Some(failed) => (Phase::Failed, failed),
+                None => (Phase::Completed, format!("all {tasks} tasks succeeded")),
+            };
+            if state == JobState::Failed {
+                let why = last_message(request, Job::Cleanup).unwrap_or_else(|| "no reason given".into());
+                reason.push_str(&format!("; cleanup failed, the workspace may remain on the node: {why}"));
+            }
+            Step::Finish { phase, reason }
+        }
+    })
+}
+
+/// The failure that ended the run, from the history: the first task that failed, with the
+/// worker's message (the step, its exit code and termination message).
+pub fn failure(request: &RequestState) -> Option<String> {
+    history(request)
+        .iter()
+        .find(|e| e.state == JobState::Failed && e.job != CLEANUP)
+        .map(|e| format!("{} failed: {}", e.job, e.message.as_deref().unwrap_or("no reason given")))
+}
+
+/// The node the Workplan's pods run on: the first node a worker reported.
+pub fn node(request: &RequestState) -> Option<String> {
+    history(request).iter().find_map(|e| e.node_name.clone())
+}
+
+/// The operator's request of `job`: a new RequestState to write with the resourceVersion of
+/// `request`. For a new RequestState (`task-0`), pass the freshly built object.
+pub fn request(request: &RequestState, job: Job, message: Option<String>, now: Timestamp) -> RequestState {
+    transition(request, &job.to_string(), JobState::Requested, None, None, message, now)
+}
+
+/// Why a worker cannot make a transition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("job {job} is {state:?}, not REQUESTED: another worker claimed it, or it moved on")]
+    NotRequested { job: String, state: JobState },
+    #[error("job {job} is claimed by {owner:?}, not by {worker}")]
+    NotOwner { job: String, owner: Option<String>, worker: String },
+}
+
+/// A worker's claim: REQUESTED → STARTED with itself as the worker. Written with the
+/// resourceVersion it read, a claim that loses the race gets a conflict.
+pub fn claim(request: &RequestState, worker: &str, now: Timestamp) -> Result<RequestState, TransitionError> {
+    if request.spec.state != JobState::Requested {
+        return Err(TransitionError::NotRequested {
+            job: request.spec.job.clone(),
+            state: request.spec.state,
+        });
+    }
+    Ok(transition(request, &request.spec.job, JobState::Started, Some(worker), None, None, now))
+}
+
+/// A worker's report of how its job ended: STARTED → COMPLETED or FAILED, with the node the
+/// pod ran on and the message.
+pub fn report(
+    request: &RequestState,
+    worker: &str,
+    state: JobState,
+    node: Option<&str>,
+    message: Option<String>,
+    now: Timestamp,
+) -> Result<RequestState, TransitionError> {
+    if request.spec.state != JobState::Started || request.spec.worker.as_deref() != Some(worker) {
+        return Err(TransitionError::NotOwner {
+            job: request.spec.job.clone(),
+            owner: request.spec.worker.clone(),
+            worker: worker.to_string(),
+        });
+    }
+    Ok(transition(request, &request.spec.job, state, Some(worker), node, message, now))
+}
+
+fn transition(
+    request: &RequestState,
+    job: &str,
+    state: JobState,
+    worker: Option<&str>,
+    node: Option<&str>,
+    message: Option<String>,
+    now: Timestamp,
+) -> RequestState {
+    let mut next = request.clone();
+    next.spec.job = job.to_string();
+    next.spec.state = state;
+    next.spec.worker = worker.map(str::to_string);
+    let status = next.status.get_or_insert_with(RequestStateStatus::default);
+    status.history.push(HistoryEntry {
+        job: job.to_string(),
+        state,
+        timestamp: Time(now),
+        worker: worker.map(str::to_string),
+        node_name: node.map(str::to_string),
+        message,
+    });
+    next
+}
+
+fn history(request: &RequestState) -> &[HistoryEntry] {
+    request.status.as_ref().map(|s| s.history.as_slice()).unwrap_or_default()
+}
+
+fn last_message(request: &RequestState, job: Job) -> Option<String> {
+    let job = job.to_string();
+    history(request).iter().rev().find(|e| e.job == job).and_then(|e| e.message.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request_state::RequestStateSpec;
+    use pretty_assertions::assert_eq;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn new_request() -> RequestState {
+        let fresh = RequestState::new(
+            "wp",
+            RequestStateSpec {
+                request_uid: "wp-uid".into(),
+                job: "task-0".into(),
+                state: JobState::Requested,
+                worker: None,
+            },
+        );
+        request(&fresh, Job::Task(0), None, now())
+    }
+
+    fn alive(_: &str) -> bool {
+        true
+    }
+
+    fn run(rqs: &RequestState, worker: &str, state: JobState, message: Option<&str>) -> RequestState {
+        let started = claim(rqs, worker, now()).unwrap();
+        report(&started, worker, state, Some("node-a"), message.map(Into::into), now()).unwrap()
+    }
+
+    fn trail(rqs: &RequestState) -> Vec<(String, JobState, Option<String>)> {
+        history(rqs).iter().map(|e| (e.job.clone(), e.state, e.worker.clone())).collect()
+    }
+
+    #[test]
+    fn jobs_parse_like_the_crd_pattern() {
+        assert_eq!(Job::parse("task-0"), Some(Job::Task(0)));
+        assert_eq!(Job::parse("task-12"), Some(Job::Task(12)));
+        assert_eq!(Job::parse("cleanup"), Some(Job::Cleanup));
+        for bad in ["task-", "task-01", "task--1", "task-x", "Cleanup", "task-1 "] {
+            assert_eq!(Job::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Job::Task(3).to_string(), "task-3");
+    }
+
+    #[test]
+    fn a_two_task_run_walks_task_0_task_1_cleanup() {
+        assert_eq!(next_step(2, None, alive), Ok(Step::Create));
+        let rqs = new_request();
+        assert_eq!(next_step(2, Some(&rqs), alive), Ok(Step::Wait));
+        let rqs = run(&rqs, "w1", JobState::Completed, None);
+        assert_eq!(next_step(2, Some(&rqs), alive), Ok(Step::Request { job: Job::Task(1), message: None }));
+        let rqs = request(&rqs, Job::Task(1), None, now());
+        let rqs = run(&rqs, "w2", JobState::Completed, None);
+        assert_eq!(next_step(2, Some(&rqs), alive), Ok(Step::Request { job: Job::Cleanup, message: None }));
+        let rqs = request(&rqs, Job::Cleanup, None, now());
+        let rqs = run(&rqs, "w1", JobState::Completed, None);
+        assert_eq!(
+            next_step(2, Some(&rqs), alive),
+            Ok(Step::Finish { phase: Phase::Completed, reason: "all 2 tasks succeeded".into() })
+        );
+        let w = |w: &str| Some(w.to_string());
+        assert_eq!(
+            trail(&rqs),
+            vec![
+                ("task-0".into(), JobState::Requested, None),
+                ("task-0".into(), JobState::Started, w("w1")),
+                ("task-0".into(), JobState::Completed, w("w1")),
+                ("task-1".into(), JobState::Requested, None),
+                ("task-1".into(), JobState::Started, w("w2")),
+                ("task-1".into(), JobState::Completed, w("w2")),
+                ("cleanup".into(), JobState::Requested, None),
+                ("cleanup".into(), JobState::Started, w("w1")),
+                ("cleanup".into(), JobState::Completed, w("w1")),
+            ]
+        );
+        assert_eq!(node(&rqs).as_deref(), Some("node-a"));
+    }
+
+    #[test]
+    fn a_failure_skips_later_tasks_and_still_cleans_up() {
+        let rqs = run(
+            &new_request(),
+            "w1",
+            JobState::Failed,
+            Some("step \"build\" exited with code 2: make: *** no rule"),
+        );
+        assert_eq!(next_step(3, Some(&rqs), alive), Ok(Step::Request { job: Job::Cleanup, message: None }));
+        let rqs = run(&request(&rqs, Job::Cleanup, None, now()), "w1", JobState::Completed, None);
+        assert_eq!(
+            next_step(3, Some(&rqs), alive),
+            Ok(Step::Finish {
+                phase: Phase::Failed,
+                reason: "task-0 failed: step \"build\" exited with code 2: make: *** no rule".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_failed_cleanup_is_reported_not_hidden() {
+        let rqs = run(&new_request(), "w1", JobState::Completed, None);
+        let rqs = run(
+            &request(&rqs, Job::Cleanup, None, now()),
+            "w1",
+            JobState::Failed,
+            Some("pod could not be scheduled"),
+        );
+        assert_eq!(
+            next_step(1, Some(&rqs), alive),
+            Ok(Step::Finish {
+                phase: Phase::Completed,
+                reason: "all 1 tasks succeeded; cleanup failed, the workspace may remain on the node: pod could not be scheduled".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_lost_worker_gets_its_job_requested_again() {
+        let started = claim(&new_request(), "w1", now()).unwrap();
+        assert_eq!(
+            next_step(1, Some(&started), |w| w != "w1"),
+            Ok(Step::Request {
+                job: Job::Task(0),
+                message: Some("worker w1 lost: its lease expired".into())
+            })
+        );
+        assert_eq!(next_step(1, Some(&started), alive), Ok(Step::Wait));
+        // Another worker then claims it; the history tells the whole story.
+        let again = request(&started, Job::Task(0), Some("worker w1 lost: its lease expired".into()), now());
+        let done = run(&again, "w2", JobState::Completed, None);
+        assert_eq!(history(&done).iter().filter(|e| e.state == JobState::Started).count(), 2);
+        assert_eq!(history(&done)[2].message.as_deref(), Some("worker w1 lost: its lease expired"));
+    }
+
+    #[test]
+    fn only_one_claim_and_only_the_owner_reports() {
+        let rqs = new_request();
+        let started = claim(&rqs, "w1", now()).unwrap();
+        assert!(matches!(claim(&started, "w2", now()), Err(TransitionError::NotRequested { .. })));
+        assert!(matches!(
+            report(&started, "w2", JobState::Completed, None, None, now()),
+            Err(TransitionError::NotOwner { .. })
+        ));
+        assert!(matches!(
+            report(&rqs, "w1", JobState::Completed, None, None, now()),
+            Err(TransitionError::NotOwner { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_request_states_are_errors_not_guesses() {
+        let mut rqs = new_request();
+        rqs.spec.job = "deploy".into();
+        assert_eq!(next_step(2, Some(&rqs), alive), Err(ProtocolError::BadJob("deploy".into())));
+        rqs.spec.job = "task-5".into();
+        assert_eq!(
+            next_step(2, Some(&rqs), alive),
+            Err(ProtocolError::NoSuchTask { job: "task-5".into(), tasks: 2 })
+        );
+    }
+}
