@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use shared_types::planner::plan;
 use shared_types::{EventKind, Workflow, Workplan};
-use support::{Director, eventually, workplans};
+use support::{Director, eventually, start_director, workplans};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -103,7 +103,7 @@ async fn configmap_trigger_fires_once_per_change_of_a_matching_configmap() {
     ] {
         api.create(&PostParams::default(), &config_map(name, &labels, "0")).await.unwrap();
     }
-    let director = Director::start(&ns.name, false);
+    let director = start_director(&ns.name, false);
     let mut wf = seed(&ns.name);
     wf.spec.triggers[0].selector =
         Some(serde_json::from_value(serde_json::json!({"matchLabels": {"app": "web"}})).unwrap());
@@ -160,7 +160,7 @@ async fn seed_with_config_map(test: &str) -> (TestNamespace, Api<ConfigMap>, Dir
     let ns = TestEnv::get().namespace(test).await;
     let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     cms.create(&PostParams::default(), &config_map("my-config", &[], "0")).await.unwrap();
-    let director = Director::start(&ns.name, false);
+    let director = start_director(&ns.name, false);
     Api::<Workflow>::namespaced(ns.client.clone(), &ns.name)
         .create(&PostParams::default(), &seed(&ns.name))
         .await
@@ -175,7 +175,7 @@ async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
     director.kill();
 
     // Restart with nothing changed: the re-list is deduplicated, nothing fires.
-    let director = Director::start(&ns.name, false);
+    let director = start_director(&ns.name, false);
     eventually("the restarted director to re-list", TIMEOUT, || async {
         (director.metric("kubeci_director_trigger_deduplicated_total").await >= 1.0).then_some(())
     })
@@ -187,13 +187,13 @@ async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
 
     // Deleted while the director is down: exactly one onDelete Workplan after it comes back.
     cms.delete("my-config", &DeleteParams::default()).await.unwrap();
-    let director = Director::start(&ns.name, false);
+    let director = start_director(&ns.name, false);
     let found = workplans_of(&ns, 1).await;
     assert_eq!(found[0].spec.trigger.event, EventKind::Deleted);
     assert_eq!(found[0].spec.trigger.name.as_deref(), Some("my-config"));
     // Restarting again does not fire the deletion a second time.
     director.kill();
-    let director = Director::start(&ns.name, false);
+    let director = start_director(&ns.name, false);
     eventually("the restarted director to be ready", TIMEOUT, || async {
         (director.metric("kubeci_director_reconcile_total").await >= 1.0).then_some(())
     })
@@ -237,7 +237,7 @@ async fn rapid_updates_give_one_workplan_per_observed_version() {
 #[tokio::test]
 async fn invalid_workflows_are_reported_and_others_still_served() {
     let ns = TestEnv::get().namespace("director-invalid").await;
-    let _director = Director::start(&ns.name, false);
+    let _director = start_director(&ns.name, false);
     let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
     let cycle = "  steps:\n  - {name: a, image: alpine, dependency: [b]}\n  - {name: b, image: alpine, dependency: [a]}\n";
     workflows.create(&PostParams::default(), &workflow(&ns.name, "broken", cycle)).await.unwrap();
@@ -311,8 +311,8 @@ async fn invalid_workflows_are_reported_and_others_still_served() {
 #[tokio::test]
 async fn only_the_lease_holder_acts() {
     let ns = TestEnv::get().namespace("director-leader").await;
-    let first = Director::start(&ns.name, true);
-    let second = Director::start(&ns.name, true);
+    let first = start_director(&ns.name, true);
+    let second = start_director(&ns.name, true);
     let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
     workflows
         .create(
@@ -354,7 +354,7 @@ fn by_event(found: &[Workplan], event: EventKind) -> Vec<&Workplan> {
 #[tokio::test]
 async fn own_runs_suspend_and_history_limit() {
     let ns = TestEnv::get().namespace("director-own-runs").await;
-    let _director = Director::start(&ns.name, false);
+    let _director = start_director(&ns.name, false);
     let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
     let wp_api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
     let spec = "  workplanHistoryLimit: 1\n  steps:\n  - {name: only, image: alpine}\n";

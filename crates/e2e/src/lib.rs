@@ -9,6 +9,8 @@
 //! The harness never skips: if the control plane cannot be built or started, the test fails
 //! with the command to run and the control plane's log.
 
+pub mod component;
 pub mod testenv;
 
+pub use component::{Component, eventually};
 pub use testenv::{TestEnv, TestNamespace};

@@ -1,0 +1,89 @@
+//! Running one of kubeci's binaries as a process against the test control plane, and waiting
+//! for what it does.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::TestEnv;
+
+/// A kubeci process; killed when dropped.
+pub struct Component {
+    child: Child,
+    /// Port of its admin server (`/metrics`, `/readyz`).
+    pub admin_port: u16,
+}
+
+impl Component {
+    /// Starts `binary` for objects of `namespace`, with the test control plane's kubeconfig,
+    /// an admin server on a free loopback port and `args` after that.
+    pub fn start(binary: impl AsRef<Path>, namespace: &str, args: &[&str]) -> Component {
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary.as_ref())
+            .arg("--kubeconfig")
+            .arg(TestEnv::get().kubeconfig())
+            .args(["--namespace", namespace])
+            .args(["--metrics-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(args)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.as_ref().display()));
+        Component { child, admin_port }
+    }
+
+    /// SIGKILL: a crash, nothing released.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+
+    /// The sum of a metric's samples whose line starts with `name` (0 when absent or the
+    /// server is not up yet).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await else {
+            return 0.0;
+        };
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await;
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body).await;
+        body.lines()
+            .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+            .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()))
+            .sum()
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics naming `what` after `timeout`.
+/// For conditions over lists and metrics; a single object is better awaited with
+/// `kube::runtime::wait::await_condition`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
