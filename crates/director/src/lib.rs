@@ -13,8 +13,7 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
-use plumbing::admin::{self, Readiness};
-use plumbing::{CommonArgs, Shutdown, leader};
+use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
 use shared_types::{Workflow, Workplan};
 
 use crate::metrics::Metrics;
@@ -28,21 +27,8 @@ pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// Run without leader election (only for a single replica).
-    #[arg(long, env = "KUBECI_NO_LEADER_ELECTION")]
-    pub no_leader_election: bool,
-
-    /// Namespace of the leader election Lease.
-    #[arg(long, env = "KUBECI_LEASE_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
-
-    /// Name of the leader election Lease.
-    #[arg(long, env = "KUBECI_LEASE_NAME", default_value = "kubeci-director")]
-    pub lease_name: String,
-
-    /// This replica's identity in the Lease. Default: the host name with a random suffix.
-    #[arg(long, env = "KUBECI_IDENTITY")]
-    pub identity: Option<String>,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
 }
 
 /// Runs the director until SIGTERM/SIGINT, or until it loses the lease (an error: the process
@@ -54,28 +40,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// [`run`] with the shutdown signal given (tests stop a director without signals).
 pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
-    let client = args.common.client().await?;
     let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::default();
-    let (admin_addr, admin) =
-        admin::serve(args.common.metrics_addr, metrics.registry.clone(), readiness.clone(), shutdown.clone())
-            .await?;
-    tracing::info!(%admin_addr, "admin server listening");
-
-    let identity = args.identity.clone().unwrap_or_else(leader::default_identity);
-    let mut leadership = None;
-    if !args.no_leader_election {
-        readiness.set_ready(true); // a healthy standby is ready
-        match leader::acquire(client.clone(), &args.lease_namespace, &args.lease_name, &identity, &shutdown)
+    let Some(process) =
+        Process::start("director", &args.common, Some(&args.leader), metrics.registry.clone(), shutdown)
             .await?
-        {
-            Some(held) => leadership = Some(held),
-            None => return Ok(admin.await??), // shut down while waiting
-        }
-        readiness.set_ready(false);
-    }
-
-    let reporter = Reporter { controller: "kubeci-director".into(), instance: Some(identity.clone()) };
+    else {
+        return Ok(()); // shut down while waiting to lead
+    };
+    let client = process.client.clone();
+    let reporter =
+        Reporter { controller: "kubeci-director".into(), instance: Some(process.identity.clone()) };
     let recorder = Recorder::new(client.clone(), reporter);
     let (workflows, workplans): (Api<Workflow>, Api<Workplan>) = match &args.common.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
@@ -84,8 +58,13 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let controller = Controller::new(workflows, watcher::Config::default().any_semantic())
         .owns(workplans, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let (engine, engine_task) =
-        Engine::start(client.clone(), recorder.clone(), metrics.clone(), store.clone(), shutdown.clone());
+    let (engine, engine_task) = Engine::start(
+        client.clone(),
+        recorder.clone(),
+        metrics.clone(),
+        store.clone(),
+        process.shutdown.clone(),
+    );
     let context = Arc::new(Context {
         client: client.clone(),
         served_kinds: Default::default(),
@@ -93,7 +72,7 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         engine,
     });
-    let ready = readiness.clone();
+    let ready = process.readiness.clone();
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {
             ready.set_ready(true);
@@ -101,30 +80,18 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     });
 
-    let stop = shutdown.clone();
+    let stop = process.shutdown.clone();
     let controller = controller
         .graceful_shutdown_on(async move { stop.requested().await })
         .run(reconcile, error_policy, context)
         .for_each(|_| async {});
-
-    let outcome = match leadership.as_mut() {
-        Some(held) => tokio::select! {
-            _ = controller => Ok(()),
-            _ = held.lost() => Err(anyhow::anyhow!("lost the leader lease {}; exiting so that a new leader takes over", args.lease_name)),
-        },
-        None => {
+    let shutdown = process.shutdown.clone();
+    process
+        .run(async move {
             controller.await;
-            Ok(())
-        }
-    };
-    shutdown.trigger();
-    let _ = engine_task.await;
-    if let Some(held) = leadership
-        && outcome.is_ok()
-        && let Err(e) = held.release().await
-    {
-        tracing::warn!(error = %e, "could not release the leader lease; it expires on its own");
-    }
-    outcome?;
-    Ok(admin.await??)
+            shutdown.trigger();
+            let _ = engine_task.await;
+        })
+        .await?;
+    Ok(())
 }

@@ -6,10 +6,14 @@
 //! - [`init_logging`]: tracing with `RUST_LOG` and a plain or JSON format;
 //! - [`Shutdown`]: one SIGTERM/SIGINT fan-out that every component listens to;
 //! - [`admin`]: the axum admin server with `/livez`, `/readyz` and `/metrics`;
-//! - [`leader`]: leader election through a `coordination.k8s.io` Lease (kube-lease-manager).
+//! - [`leader`]: leader election through a `coordination.k8s.io` Lease (kube-lease-manager);
+//! - [`Process`]: the life of a process around them (start, lead, run, release, drain).
 
 pub mod admin;
 pub mod leader;
+pub mod process;
+
+pub use process::{LeaderArgs, Process};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +66,12 @@ pub enum Error {
     Admin { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("leader election: {0}")]
     Leader(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("lost the leader lease {0}; exiting so that a new leader takes over")]
+    LostLeadership(String),
+    #[error("admin server: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("admin server task: {0}")]
+    Join(String),
 }
 
 impl CommonArgs {

@@ -7,7 +7,7 @@ use e2e::{Component, TestEnv, TestNamespace, eventually};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pretty_assertions::assert_eq;
 use shared_types::planner::workplan_for;
@@ -50,7 +50,22 @@ async fn requested(ns: &TestNamespace, name: &str, job: &str) -> RequestState {
         .unwrap()
 }
 
-/// Plays a worker: claims `job` and reports `state`.
+/// A worker's Lease renewed now for `seconds`: the operator treats the worker as alive.
+async fn lease(ns: &TestNamespace, worker: &str, seconds: i32) {
+    let lease = Lease {
+        metadata: ObjectMeta { name: Some(worker.into()), ..ObjectMeta::default() },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(worker.into()),
+            lease_duration_seconds: Some(seconds),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..LeaseSpec::default()
+        }),
+    };
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    leases.patch(worker, &PatchParams::apply("e2e").force(), &Patch::Apply(&lease)).await.unwrap();
+}
+
+/// Plays a live worker: holds a Lease, claims `job` and reports `state`.
 async fn work(
     ns: &TestNamespace,
     name: &str,
@@ -59,6 +74,7 @@ async fn work(
     state: JobState,
     message: Option<&str>,
 ) {
+    lease(ns, worker, 300).await;
     let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
     let rqs = requested(ns, name, job).await;
     let started = api
@@ -151,17 +167,8 @@ async fn a_lost_workers_job_is_requested_again() {
     let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
 
     // A live worker (fresh Lease) keeps its job.
+    lease(&ns, "worker-live", 30).await;
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
-    let lease = Lease {
-        metadata: ObjectMeta { name: Some("worker-live".into()), ..ObjectMeta::default() },
-        spec: Some(LeaseSpec {
-            holder_identity: Some("worker-live".into()),
-            lease_duration_seconds: Some(30),
-            renew_time: Some(MicroTime(Timestamp::now())),
-            ..LeaseSpec::default()
-        }),
-    };
-    leases.create(&PostParams::default(), &lease).await.unwrap();
     let rqs = requested(&ns, &name, "task-0").await;
     api.replace(&name, &PostParams::default(), &claim(&rqs, "worker-live", Timestamp::now()).unwrap())
         .await
