@@ -1,0 +1,410 @@
+//! One job, from claim to report (DESIGN.md §4, §5): claim the RequestState with the
+//! resourceVersion it was seen at, run the job as its pod (creating it, or adopting the pod of
+//! the same deterministic name), watch that one pod until it ends, and write COMPLETED or FAILED
+//! while the job is still this worker's.
+//!
+//! Every step before the report is idempotent (the pod's name is fixed, a create that finds it
+//! adopts it), so the job can be abandoned at any point and taken up again by this or another
+//! worker. Transient API errors are retried with a capped back-off; the decisions are in
+//! [`crate::decide`].
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use shared_types::outcome::pod_outcome;
+use shared_types::protocol::{self, Job};
+use shared_types::render::{RenderConfig, cleanup_pod, task_pod};
+use shared_types::{RequestState, Workplan};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Error;
+use crate::decide::{self, Key, Outcome, PendingClock, Verdict, Work};
+use crate::metrics::{InFlight, Metrics};
+
+/// Everything a job needs, shared by all jobs of the process.
+pub struct Context {
+    pub client: Client,
+    pub identity: String,
+    pub render: RenderConfig,
+    /// How long a pod may stay Pending with a problem, or fail to be created, before the job
+    /// fails.
+    pub pending_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown has waited long enough for jobs: they stop where they are, without
+    /// reporting, and their pods are adopted by whichever worker gets the job next.
+    pub abandon: CancellationToken,
+}
+
+/// How many conflicts in a row a report retries at once before backing off.
+const QUICK_CONFLICT_RETRIES: u32 = 5;
+
+/// Capped exponential back-off between retries of a failed API request.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(200))
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Takes up one candidate: claims it (or checks it is still this worker's, for a resumption),
+/// runs it, reports it. Returns the resourceVersions of the RequestState this job has moved
+/// past, so the claim loop can drop them from its view instead of acting on them again.
+pub async fn take_up(ctx: Arc<Context>, work: Work, rqs: RequestState) -> Vec<String> {
+    let Some(key) = Key::of(&rqs) else { return Vec::new() };
+    let span = tracing::info_span!("job", rqs = %key, job = %rqs.spec.job);
+    async move {
+        let api: Api<RequestState> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        let taken = match work {
+            Work::Claim => claim(&ctx, &api, &key, &rqs).await,
+            Work::Resume => resume(&ctx, &api, &key, &rqs).await,
+        };
+        let mut superseded = vec![rqs.resource_version().unwrap_or_default()];
+        let started = match taken {
+            Taken::Started(started) => *started,
+            Taken::MovedOn => return superseded,
+            // The version seen is still current as far as this worker knows: try again later.
+            Taken::Failed => return Vec::new(),
+        };
+        superseded.push(started.resource_version().unwrap_or_default());
+        let job = started.spec.job.clone();
+        let begun = Instant::now();
+        let in_flight = InFlight::start(&ctx.metrics.jobs_in_flight);
+        let finish = async {
+            let outcome = run(&ctx, &key, &started).await;
+            report(&ctx, &api, &key, &job, outcome).await
+        };
+        let finished = tokio::select! {
+            reported = finish => Some(reported),
+            _ = ctx.abandon.cancelled() => None,
+        };
+        drop(in_flight);
+        match finished {
+            Some(Some((outcome, rv))) => {
+                ctx.metrics.jobs.with_label_values(&[outcome.label()]).inc();
+                ctx.metrics.job_duration.observe(begun.elapsed().as_secs_f64());
+                superseded.push(rv);
+            }
+            Some(None) => ctx.metrics.results_dropped.inc(),
+            None => {
+                ctx.metrics.jobs_abandoned.inc();
+                tracing::warn!("left the job running at shutdown; the next worker adopts its pod");
+            }
+        }
+        superseded
+    }
+    .instrument(span)
+    .await
+}
+
+/// How taking up a job went.
+enum Taken {
+    /// The job is STARTED by this worker: this version.
+    Started(Box<RequestState>),
+    /// The job moved on from the version seen (another worker claimed it, it was re-requested,
+    /// completed or deleted).
+    MovedOn,
+    /// The API request failed; the job may still be there for the taking.
+    Failed,
+}
+
+/// REQUESTED → STARTED, written with the resourceVersion the job was seen at: a conflict means
+/// another worker won (or the job moved on first).
+async fn claim(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &RequestState) -> Taken {
+    let now = Timestamp::now();
+    let Ok(claimed) = protocol::claim(rqs, &ctx.identity, now) else { return Taken::MovedOn };
+    match api.replace(&key.name, &PostParams::default(), &claimed).await {
+        Ok(started) => {
+            ctx.metrics.claims_won.inc();
+            if let Some(latency) = decide::claim_latency(rqs, now) {
+                ctx.metrics.claim_latency.observe(latency);
+            }
+            tracing::info!("claim won");
+            Taken::Started(Box::new(started))
+        }
+        Err(kube::Error::Api(s)) if s.is_conflict() => {
+            ctx.metrics.claims_lost.inc();
+            tracing::info!("claim lost");
+            Taken::MovedOn
+        }
+        Err(kube::Error::Api(s)) if s.is_not_found() => Taken::MovedOn,
+        Err(source) => {
+            let error = Error::Claim { key: key.to_string(), source };
+            ctx.metrics.error(&error);
+            tracing::warn!(%error, "claim failed");
+            // The job is still REQUESTED in the claim loop's view: slow its next attempt down.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = ctx.abandon.cancelled() => {}
+            }
+            Taken::Failed
+        }
+    }
+}
+
+/// A job STARTED by this identity before this process: still ours if a fresh read says so.
+async fn resume(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &RequestState) -> Taken {
+    match api.get_opt(&key.name).await {
+        Ok(Some(current)) if decide::owns(&current, &ctx.identity, &rqs.spec.job) => {
+            tracing::info!("resuming a job this worker's identity had started");
+            Taken::Started(Box::new(current))
+        }
+        Ok(_) => Taken::MovedOn,
+        Err(source) => {
+            let error = Error::GetRequestState { key: key.to_string(), source };
+            ctx.metrics.error(&error);
+            tracing::warn!(%error, "cannot resume the job yet");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = ctx.abandon.cancelled() => {}
+            }
+            Taken::Failed
+        }
+    }
+}
+
+/// Runs the job of `rqs` to its outcome.
+async fn run(ctx: &Context, key: &Key, rqs: &RequestState) -> Outcome {
+    let Some(job) = Job::parse(&rqs.spec.job) else {
+        return Outcome::failed(None, format!("job {:?} is neither task-<i> nor cleanup", rqs.spec.job));
+    };
+    let workplans: Api<Workplan> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let mut backoff = Backoff::new();
+    let workplan = loop {
+        match workplans.get_opt(&key.name).await {
+            Ok(Some(workplan)) => break workplan,
+            Ok(None) => return Outcome::failed(None, format!("Workplan {} not found", key.name)),
+            Err(source) => {
+                let error = Error::GetWorkplan { key: key.to_string(), source };
+                ctx.metrics.error(&error);
+                tracing::warn!(%error, "retrying");
+                backoff.wait().await;
+            }
+        }
+    };
+    if !decide::belongs_to(rqs, &workplan) {
+        return Outcome::failed(
+            None,
+            format!(
+                "RequestState belongs to another Workplan (request-uid {}, Workplan {} has uid {})",
+                rqs.spec.request_uid,
+                key.name,
+                workplan.metadata.uid.as_deref().unwrap_or("<none>")
+            ),
+        );
+    }
+    let node = protocol::node(rqs);
+    let rendered = match job {
+        Job::Task(i) => task_pod(&workplan, i, node.as_deref(), &ctx.render),
+        Job::Cleanup => cleanup_pod(&workplan, node.as_deref(), &ctx.render),
+    };
+    let pod = match rendered {
+        Ok(pod) => pod,
+        Err(e) => return Outcome::failed(node, e.to_string()),
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let pod = match ensure_pod(ctx, &pods, pod, &key.name, job).await {
+        Ok(pod) => pod,
+        Err(outcome) => return outcome,
+    };
+    watch_pod(ctx, &pods, &pod).await
+}
+
+/// Creates the job's pod, or adopts the one already there under its name (a previous claimant
+/// of the job created it). Never creates a second pod.
+async fn ensure_pod(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    pod: Pod,
+    workplan: &str,
+    job: Job,
+) -> Result<Pod, Outcome> {
+    let name = pod.name_any();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let give_up = Instant::now() + ctx.pending_timeout;
+    let mut backoff = Backoff::new();
+    loop {
+        let failure = match pods.create(&PostParams::default(), &pod).await {
+            Ok(created) => {
+                tracing::info!(pod = %name, "created the pod");
+                return Ok(created);
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => match pods.get_opt(&name).await {
+                Ok(Some(existing)) => {
+                    return match decide::adoptable(&existing, workplan, job) {
+                        Ok(()) => {
+                            tracing::info!(pod = %name, "adopted the existing pod");
+                            Ok(existing)
+                        }
+                        Err(message) => Err(Outcome::failed(node, message)),
+                    };
+                }
+                Ok(None) => continue, // deleted in between: create it again
+                Err(source) => Error::GetPod { name: name.clone(), source },
+            },
+            Err(source) if !decide::create_retryable(&source) => {
+                return Err(Outcome::failed(node, format!("pod {name} cannot be created: {source}")));
+            }
+            Err(source) => Error::CreatePod { name: name.clone(), source },
+        };
+        ctx.metrics.error(&failure);
+        if Instant::now() >= give_up {
+            return Err(Outcome::failed(
+                node,
+                format!("{failure} (still failing after {}s)", ctx.pending_timeout.as_secs()),
+            ));
+        }
+        tracing::warn!(error = %failure, "retrying");
+        backoff.wait().await;
+    }
+}
+
+/// Watches the one pod until it ends, is deleted, or stays stuck past the pending timeout.
+async fn watch_pod(ctx: &Context, pods: &Api<Pod>, pod: &Pod) -> Outcome {
+    let name = pod.name_any();
+    let uid = pod.uid();
+    let mut clock = PendingClock::new(ctx.pending_timeout);
+    let mut last = pod_outcome(pod);
+    let mut fail_at = match clock.judge(&last, Instant::now()) {
+        Verdict::Report(outcome) => return outcome,
+        Verdict::Wait { fail_at } => fail_at,
+    };
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = pin!(watcher::watcher(pods.clone(), config).default_backoff());
+    let mut listed = false;
+    loop {
+        let seen = tokio::select! {
+            _ = sleep_until(fail_at) => None,
+            event = events.next() => match event {
+                Some(Ok(Event::Init)) => {
+                    listed = false;
+                    continue;
+                }
+                Some(Ok(Event::InitApply(p) | Event::Apply(p))) => {
+                    if p.uid() != uid {
+                        // Another pod under the name: ours was deleted and someone made a new one.
+                        return decide::on_pod_deleted(Some(&last));
+                    }
+                    listed = true;
+                    Some(p)
+                }
+                Some(Ok(Event::InitDone)) if !listed => return decide::on_pod_deleted(Some(&last)),
+                Some(Ok(Event::InitDone)) => continue,
+                Some(Ok(Event::Delete(p))) => {
+                    if p.uid() == uid {
+                        last = pod_outcome(&p);
+                    }
+                    return decide::on_pod_deleted(Some(&last));
+                }
+                Some(Err(source)) => {
+                    let error = Error::WatchPod { name: name.clone(), source };
+                    ctx.metrics.error(&error);
+                    tracing::warn!(%error, "the pod watch restarts");
+                    continue;
+                }
+                None => return Outcome::failed(None, format!("the watch of pod {name} ended")),
+            },
+        };
+        if let Some(p) = seen {
+            last = pod_outcome(&p);
+        }
+        match clock.judge(&last, Instant::now()) {
+            Verdict::Report(outcome) => return outcome,
+            Verdict::Wait { fail_at: at } => fail_at = at,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// STARTED → COMPLETED or FAILED, re-read before each attempt, for as long as the job is still
+/// this worker's. Returns the outcome and the resourceVersion written, or `None` when the job is
+/// no longer this worker's and the result was dropped.
+async fn report(
+    ctx: &Context,
+    api: &Api<RequestState>,
+    key: &Key,
+    job: &str,
+    outcome: Outcome,
+) -> Option<(Outcome, String)> {
+    let mut backoff = Backoff::new();
+    let mut conflicts = 0;
+    loop {
+        let current = match api.get_opt(&key.name).await {
+            Ok(Some(current)) => current,
+            Ok(None) => {
+                tracing::warn!(?outcome, "the RequestState is gone; dropping the result");
+                return None;
+            }
+            Err(source) => {
+                let error = Error::Report { key: key.to_string(), source };
+                ctx.metrics.error(&error);
+                tracing::warn!(%error, "retrying");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        if !decide::owns(&current, &ctx.identity, job) {
+            tracing::warn!(
+                ?outcome,
+                now_job = %current.spec.job,
+                now_state = ?current.spec.state,
+                now_worker = current.spec.worker.as_deref().unwrap_or(""),
+                "the job is no longer this worker's (it was requested again); dropping the result"
+            );
+            return None;
+        }
+        let next = protocol::report(
+            &current,
+            &ctx.identity,
+            outcome.state,
+            outcome.node.as_deref(),
+            outcome.message.clone(),
+            Timestamp::now(),
+        )
+        .ok()?;
+        match api.replace(&key.name, &PostParams::default(), &next).await {
+            Ok(written) => {
+                tracing::info!(state = ?outcome.state, node = outcome.node.as_deref().unwrap_or(""), message = outcome.message.as_deref().unwrap_or(""), "reported");
+                return Some((outcome, written.resource_version().unwrap_or_default()));
+            }
+            Err(kube::Error::Api(s)) if s.is_conflict() => {
+                conflicts += 1;
+                tracing::debug!(conflicts, "the RequestState changed under the report; reading it again");
+                if conflicts > QUICK_CONFLICT_RETRIES {
+                    backoff.wait().await;
+                }
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => {
+                tracing::warn!(?outcome, "the RequestState is gone; dropping the result");
+                return None;
+            }
+            Err(source) => {
+                let error = Error::Report { key: key.to_string(), source };
+                ctx.metrics.error(&error);
+                tracing::warn!(%error, "retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
