@@ -10,6 +10,7 @@
 //! with the command to run and the control plane's log.
 
 pub mod component;
+pub mod kubelet;
 pub mod testenv;
 
 pub use component::{Component, eventually};

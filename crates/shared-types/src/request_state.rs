@@ -62,7 +62,9 @@ pub struct RequestStateSpec {
 
 /// The state of the current job: REQUESTED (waiting for a worker), STARTED (claimed, running),
 /// COMPLETED (succeeded) or FAILED (the history entry says why).
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobState {
     // Waiting for a worker to claim it.
