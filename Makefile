@@ -1,7 +1,7 @@
 # The commands developers and CI run. `.ci/run` installs prerequisites, then runs `make test`.
 .PHONY: run test crds bench down
 
-# kubeci on a local control plane: the CRDs, the director, the seed Workflow fired by a ConfigMap.
+# kubeci on a local control plane: the CRDs, the three components, the seed Workflow fired by a ConfigMap.
 run:
 	hack/run-local.sh
 
@@ -21,5 +21,5 @@ bench:
 
 # Stop what `make run` started.
 down:
-	-[ -f .testenv/director.pid ] && kill $$(cat .testenv/director.pid) 2>/dev/null
+	hack/stop-components.sh
 	hack/testenv.sh down
