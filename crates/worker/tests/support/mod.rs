@@ -20,6 +20,7 @@ use shared_types::{JobState, RequestState, RequestStateSpec, TriggerEvent, Workf
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub use e2e::eventually;
 pub use e2e::kubelet::{Act, Kubelet, NODE, finish, pod_namespace as namespace};
 
 /// The seed Workflow of `examples/`, in `ns`.
@@ -99,22 +100,6 @@ pub async fn rqs_until(
 pub async fn job_in(ns: &TestNamespace, name: &str, job: &str, state: JobState) -> RequestState {
     let j = job.to_string();
     rqs_until(ns, name, &format!("{job} {state:?}"), move |r| r.spec.job == j && r.spec.state == state).await
-}
-
-/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
