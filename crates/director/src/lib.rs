@@ -65,6 +65,10 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         store.clone(),
         process.shutdown.clone(),
     );
+    let deletions = engine.watch_deletions(match &args.common.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    });
     let context = Arc::new(Context {
         client: client.clone(),
         served_kinds: Default::default(),
@@ -90,6 +94,7 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         .run(async move {
             controller.await;
             shutdown.trigger();
+            deletions.abort();
             let _ = engine_task.await;
         })
         .await?;

@@ -288,10 +288,18 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
         "lastManualRun": status.last_manual_run,
         "workplans": status.workplans,
     }});
-    Api::<Workflow>::namespaced(ctx.client.clone(), &namespace)
+    match Api::<Workflow>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .map_err(|source| Error::Status { workflow: name.clone(), source })?;
+    {
+        Ok(_) => {}
+        // Deleted while this reconcile ran: nothing left to report on.
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.engine.send(Command::Unregister(ObjectRef::from_obj(workflow.as_ref())));
+            return Ok(Action::await_change());
+        }
+        Err(source) => return Err(Error::Status { workflow: name.clone(), source }),
+    }
     Ok(match health {
         // The kind may be installed later (a CRD); look again.
         Health::Unresolved(_) => Action::requeue(std::time::Duration::from_secs(30)),

@@ -144,13 +144,13 @@ async fn configmap_trigger_fires_once_per_change_of_a_matching_configmap() {
     set_value(&cms, "my-config", "2").await;
     assert_eq!(workplans_of(&ns, 2).await.len(), 2);
 
-    // Deleting the Workflow stops its trigger: the next change fires nothing and the watch ends.
+    // Deleting the Workflow stops its trigger watch, and later changes fire nothing.
     workflows.delete("my-workflow", &DeleteParams::default()).await.unwrap();
-    set_value(&cms, "my-config", "3").await;
     eventually("the trigger watch to stop", TIMEOUT, || async {
         (director.metric("kubeci_director_trigger_watches").await == 0.0).then_some(())
     })
     .await;
+    set_value(&cms, "my-config", "3").await;
     assert_eq!(director.metric("kubeci_director_trigger_fired_total").await, 2.0);
 }
 

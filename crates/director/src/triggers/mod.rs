@@ -36,8 +36,11 @@ use decide::{Memory, Outcome, Rule, Seen, WatchKey};
 pub enum Command {
     /// Serve this (valid) Workflow's triggers; sent on every reconcile.
     Register { workflow: Arc<Workflow>, rules: Vec<Rule> },
-    /// Stop serving it (deleted or invalid).
+    /// Stop serving it (invalid).
     Unregister(ObjectRef<Workflow>),
+    /// It was deleted: stop serving it if it is still the same object (a Workflow re-created
+    /// under the same name has another uid).
+    Deleted { workflow: ObjectRef<Workflow>, uid: Option<String> },
 }
 
 /// A handle to the engine task.
@@ -68,6 +71,24 @@ impl Engine {
         };
         let task = tokio::spawn(state.run(receiver, events, shutdown));
         (Engine { commands }, task)
+    }
+
+    /// Tells the engine about deleted Workflows as soon as the API server reports them: the
+    /// controller never reconciles a deleted Workflow (it has no finalizer).
+    pub fn watch_deletions(&self, workflows: Api<PartialObjectMeta<Workflow>>) -> JoinHandle<()> {
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher(workflows, watcher::Config::default()).default_backoff().boxed();
+            while let Some(event) = stream.next().await {
+                if let Ok(watcher::Event::Delete(object)) = event {
+                    let workflow =
+                        ObjectRef::new(&object.name_any()).within(&object.namespace().unwrap_or_default());
+                    if commands.send(Command::Deleted { workflow, uid: object.uid() }).is_err() {
+                        return; // the engine stopped
+                    }
+                }
+            }
+        })
     }
 
     /// Sends a command; a stopped engine (shutdown) ignores it.
@@ -175,6 +196,12 @@ impl EngineState {
             Command::Unregister(key) => {
                 self.workflows.remove(&key);
             }
+            Command::Deleted { workflow, uid } => {
+                if self.workflows.get(&workflow).is_some_and(|served| served.workflow.uid() == uid) {
+                    tracing::info!(%workflow, "Workflow deleted: its triggers are no longer served");
+                    self.workflows.remove(&workflow);
+                }
+            }
         }
         self.stop_unused_watches();
     }
@@ -263,9 +290,17 @@ impl EngineState {
         }
         if outcome.changed() {
             let served = &self.workflows[key];
-            if let Err(e) = save_memory(&self.client, &workflow, &served.memory, &outcome).await {
-                tracing::warn!(workflow = %key, error = %e, "could not save the trigger record; it is saved with the next change");
-                self.metrics.errors.with_label_values(&["save_record"]).inc();
+            match save_memory(&self.client, &workflow, &served.memory, &outcome).await {
+                Ok(()) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    tracing::debug!(workflow = %key, "Workflow deleted: no longer served");
+                    self.workflows.remove(key);
+                    self.stop_unused_watches();
+                }
+                Err(e) => {
+                    tracing::warn!(workflow = %key, error = %e, "could not save the trigger record; it is saved with the next change");
+                    self.metrics.errors.with_label_values(&["save_record"]).inc();
+                }
             }
         }
     }
