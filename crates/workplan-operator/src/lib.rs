@@ -9,11 +9,14 @@ pub mod status;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
-use shared_types::{RequestState, Workplan};
+use shared_types::{JobState, RequestState, Workplan};
 
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
@@ -69,8 +72,19 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    // Worker Leases: a Lease that changes or disappears re-examines the jobs its worker started
+    // at once, instead of when the lease would have expired.
+    let (started_jobs, writer) = reflector::store::<RequestState>();
+    let requests_cache =
+        reflector(writer, watcher(requests.clone(), watcher::Config::default().any_semantic()))
+            .default_backoff()
+            .for_each(|_| std::future::ready(()));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.worker_lease_namespace);
     let controller = Controller::new(workplans, watcher::Config::default().any_semantic())
-        .owns(requests, watcher::Config::default().any_semantic());
+        .owns(requests, watcher::Config::default().any_semantic())
+        .watches(leases, watcher::Config::default(), move |lease: Lease| {
+            jobs_of(&started_jobs, &lease.name_any())
+        });
     let store = controller.store();
     let ready = process.readiness.clone();
     tokio::spawn(async move {
@@ -83,6 +97,23 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         .graceful_shutdown_on(async move { stop.requested().await })
         .run(reconcile, error_policy, context)
         .for_each(|_| async {});
-    process.run(controller).await?;
+    process
+        .run(async move {
+            tokio::select! {
+                _ = controller => {}
+                _ = requests_cache => {}
+            }
+        })
+        .await?;
     Ok(())
+}
+
+/// The Workplans whose current job `worker` has started.
+fn jobs_of(requests: &Store<RequestState>, worker: &str) -> Vec<ObjectRef<Workplan>> {
+    requests
+        .state()
+        .iter()
+        .filter(|r| r.spec.state == JobState::Started && r.spec.worker.as_deref() == Some(worker))
+        .map(|r| ObjectRef::new(&r.name_any()).within(&r.namespace().unwrap_or_default()))
+        .collect()
 }

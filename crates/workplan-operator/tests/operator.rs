@@ -176,9 +176,12 @@ async fn a_lost_workers_job_is_requested_again() {
     tokio::time::sleep(Duration::from_secs(2)).await; // bounded: a wrong re-request would come at once
     assert_eq!(api.get(&name).await.unwrap().spec.state, JobState::Started, "a live worker keeps its job");
 
-    // A worker without a Lease (it died) loses it.
+    // A worker whose Lease is gone (it stopped and released it) loses its job.
+    // Its Lease is still valid for ~28 s: the deletion itself must trigger the re-request.
     leases.delete("worker-live", &Default::default()).await.unwrap();
-    let again = requested(&ns, &name, "task-0").await;
+    let again = tokio::time::timeout(Duration::from_secs(10), requested(&ns, &name, "task-0"))
+        .await
+        .expect("re-requested as soon as the Lease is gone, not at its expiry");
     let last = again.status.unwrap().history.pop().unwrap();
     assert_eq!(last.message.as_deref(), Some("worker worker-live lost: its lease expired"));
 }
