@@ -7,6 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 pids=()
 for file in "$ROOT"/.testenv/*.pid; do
   [[ -f "$file" ]] || continue
+  [[ "$(basename "$file")" == up.pid ]] && continue # the control plane: hack/testenv.sh down stops it last
   pid="$(cat "$file")"
   kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
   rm -f "$file"
