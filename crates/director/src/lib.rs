@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod triggers;
+pub mod webhook;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub leader: LeaderArgs,
+
+    #[command(flatten)]
+    pub webhook: webhook::WebhookArgs,
 }
 
 /// Runs the director until SIGTERM/SIGINT, or until it loses the lease (an error: the process
@@ -41,11 +45,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// [`run`] with the shutdown signal given (tests stop a director without signals).
 pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Every replica serves admission, the standbys too: it needs no cache and no lease.
+    let webhook = match &args.webhook.webhook_cert_dir {
+        Some(dir) => Some(webhook::serve(&args.webhook, dir, metrics.clone(), shutdown.clone()).await?.1),
+        None => None,
+    };
     let Some(process) =
         Process::start("director", &args.common, Some(&args.leader), metrics.registry.clone(), shutdown)
             .await?
     else {
-        return Ok(()); // shut down while waiting to lead
+        drain(webhook).await; // shut down while waiting to lead
+        return Ok(());
     };
     let client = process.client.clone();
     let reporter =
@@ -98,5 +108,13 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             let _ = engine_task.await;
         })
         .await?;
+    drain(webhook).await;
     Ok(())
+}
+
+/// Waits for the webhook server to finish its in-flight reviews after shutdown.
+async fn drain(webhook: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = webhook {
+        let _ = task.await;
+    }
 }

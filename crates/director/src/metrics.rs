@@ -25,6 +25,8 @@ pub struct Metrics {
     pub workplans_created: IntCounter,
     /// Creates that found the Workplan already there (a replayed event).
     pub workplans_existing: IntCounter,
+    /// Admission reviews answered by the webhook, by verdict (`allowed`, `denied`, `malformed`).
+    pub admission_reviews: IntCounterVec,
 }
 
 impl Metrics {
@@ -61,8 +63,14 @@ impl Metrics {
                 "workplans_existing_total",
                 "Workplan creates that found it existing",
             ),
+            admission_reviews: IntCounterVec::new(
+                Opts::new("admission_reviews_total", "Admission reviews answered, by verdict"),
+                &["verdict"],
+            )
+            .expect("valid metric"),
             registry: registry.clone(),
         };
+        registry.register(Box::new(metrics.admission_reviews.clone())).expect("registered once");
         registry.register(Box::new(metrics.errors.clone())).expect("registered once");
         registry.register(Box::new(metrics.reconcile_duration.clone())).expect("registered once");
         registry.register(Box::new(metrics.trigger_watches.clone())).expect("registered once");
