@@ -20,10 +20,20 @@ impl Component {
     /// Starts `binary` for objects of `namespace`, with the test control plane's kubeconfig,
     /// an admin server on a free loopback port and `args` after that.
     pub fn start(binary: impl AsRef<Path>, namespace: &str, args: &[&str]) -> Component {
+        Self::start_as(binary, TestEnv::get().kubeconfig(), namespace, args)
+    }
+
+    /// [`Component::start`] with another kubeconfig (another identity, as a ServiceAccount).
+    pub fn start_as(
+        binary: impl AsRef<Path>,
+        kubeconfig: &Path,
+        namespace: &str,
+        args: &[&str],
+    ) -> Component {
         let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(binary.as_ref())
             .arg("--kubeconfig")
-            .arg(TestEnv::get().kubeconfig())
+            .arg(kubeconfig)
             .args(["--namespace", namespace])
             .args(["--metrics-addr", &format!("127.0.0.1:{admin_port}")])
             .args(args)

@@ -9,6 +9,7 @@
 //! The harness never skips: if the control plane cannot be built or started, the test fails
 //! with the command to run and the control plane's log.
 
+pub mod chart;
 pub mod component;
 pub mod kubelet;
 pub mod testenv;

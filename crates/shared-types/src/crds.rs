@@ -56,6 +56,10 @@ pub fn request_state() -> CustomResourceDefinition {
     crd
 }
 
+/// Where the generated CRDs are committed, relative to the repository root: `crds/` for
+/// `kubectl apply`, and the Helm chart's copy, which its templates install.
+pub const COMMITTED_DIRS: [&str; 2] = ["crds", "charts/kubeci/files/crds"];
+
 /// The YAML committed in `crds/<file>`: a header saying where it comes from, then the CRD.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
     let body = serde_yaml::to_string(crd).expect("a CRD serializes to YAML");
@@ -69,9 +73,9 @@ mod tests {
     /// Fails when the committed YAML is not what the types generate: run crdgen and commit.
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
-        for (file, crd) in all() {
-            let path = dir.join(file);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for ((file, crd), dir) in all().into_iter().flat_map(|c| COMMITTED_DIRS.map(|d| (c.clone(), d))) {
+            let path = root.join(dir).join(file);
             let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
                 panic!("{}: {e}; run `cargo run -p shared-types --bin crdgen`", path.display())
             });

@@ -1,17 +1,23 @@
-//! Writes the CRDs generated from the types into `crds/` (or the directory given as argument).
+//! Writes the CRDs generated from the types into `crds/` and the Helm chart's copy in
+//! `charts/kubeci/files/crds/` (or only into the directory given as argument).
 
 use std::path::PathBuf;
 
 fn main() -> std::io::Result<()> {
-    let dir = std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crds"));
-    std::fs::create_dir_all(&dir)?;
-    for (file, crd) in shared_types::crds::all() {
-        let path = dir.join(file);
-        std::fs::write(&path, shared_types::crds::to_yaml(&crd))?;
-        println!("wrote {}", path.display());
+    let dirs = match std::env::args_os().nth(1) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => shared_types::crds::COMMITTED_DIRS
+            .iter()
+            .map(|dir| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(dir))
+            .collect(),
+    };
+    for dir in dirs {
+        std::fs::create_dir_all(&dir)?;
+        for (file, crd) in shared_types::crds::all() {
+            let path = dir.join(file);
+            std::fs::write(&path, shared_types::crds::to_yaml(&crd))?;
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
