@@ -1,5 +1,5 @@
 # The commands developers and CI run. `.ci/run` installs prerequisites, then runs `make test`.
-.PHONY: run test crds bench down
+.PHONY: run test crds bench chart down
 
 # kubeci on a local control plane: the CRDs, the three components, the seed Workflow fired by a ConfigMap.
 run:
@@ -18,6 +18,11 @@ crds:
 # The planner benchmark (criterion).
 bench:
 	cargo bench -p shared-types --bench planner
+
+# Lint and render the Helm chart (make test also validates it with kubeconform and installs it).
+chart:
+	$$(hack/tools.sh helm) lint --strict charts/kubeci
+	$$(hack/tools.sh helm) template kubeci charts/kubeci --namespace kubeci-system >/dev/null
 
 # Stop what `make run` started.
 down:

@@ -82,6 +82,7 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let context = Arc::new(Context {
         client: client.clone(),
         served_kinds: Default::default(),
+        allowed_watches: Default::default(),
         recorder,
         metrics: metrics.clone(),
         engine,

@@ -5,14 +5,18 @@
 //! The decisions are pure functions ([`runs_to_start`], [`conditions`], [`history_to_delete`],
 //! [`counts`]); `reconcile` is the I/O around them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
-use kube::discovery::pinned_kind;
+use kube::discovery::{Scope, pinned_kind};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -50,8 +54,12 @@ impl Error {
 /// Shared by every reconciliation.
 pub struct Context {
     pub client: Client,
-    /// Trigger kinds discovery found (kinds not found are looked up again).
-    pub served_kinds: std::sync::Mutex<std::collections::HashSet<GroupVersionKind>>,
+    /// Trigger kinds discovery found, with their resource and scope (kinds not found are looked
+    /// up again).
+    pub served_kinds: std::sync::Mutex<HashMap<GroupVersionKind, (ApiResource, Scope)>>,
+    /// When the director last found it may list and watch a trigger resource (in a namespace,
+    /// or everywhere): asked again after [`ACCESS_TTL`], and at once while it may not.
+    pub allowed_watches: std::sync::Mutex<HashMap<(GroupVersionKind, Option<String>), Instant>>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub engine: Engine,
@@ -95,9 +103,11 @@ pub enum Health {
     Valid,
     /// The planner (or a selector) found problems: nothing runs.
     Invalid(String),
-    /// Valid, but a trigger's kind is not served (yet): the others are served, the Workflow is
-    /// not Ready, and the kind is looked up again.
-    Unresolved(String),
+    /// Valid, but a trigger cannot be watched: its kind is not served (yet), reason
+    /// `TriggerKindNotFound`, or the director may not list and watch it, reason
+    /// `TriggerForbidden` (its RBAC, the chart's `director.triggers`). The Workflow is not Ready
+    /// and the trigger is looked at again.
+    Unresolved { reason: &'static str, message: String },
 }
 
 /// `Ready` and `Invalid` for a Workflow's health, keeping the transition time of conditions
@@ -133,10 +143,9 @@ pub fn conditions(
             condition("Ready", false, "Invalid", "the Workflow is invalid; see the Invalid condition"),
             condition("Invalid", true, "ValidationFailed", message),
         ],
-        Health::Unresolved(message) => vec![
-            condition("Ready", false, "TriggerKindNotFound", message),
-            condition("Invalid", false, "Valid", ""),
-        ],
+        Health::Unresolved { reason, message } => {
+            vec![condition("Ready", false, reason, message), condition("Invalid", false, "Valid", "")]
+        }
     }
 }
 
@@ -200,8 +209,8 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
     let (health, rules) = match (validate_workflow(workflow), rules) {
         (Err(invalid), _) => (Health::Invalid(invalid.to_string()), None),
         (Ok(()), Err(e)) => (Health::Invalid(e), None),
-        (Ok(()), Ok(rules)) => match unserved_kinds(ctx, workflow).await {
-            Some(message) => (Health::Unresolved(message), Some(rules)),
+        (Ok(()), Ok(rules)) => match unwatchable_triggers(ctx, workflow, &rules).await {
+            Some((reason, message)) => (Health::Unresolved { reason, message }, Some(rules)),
             None => (Health::Valid, Some(rules)),
         },
     };
@@ -242,7 +251,7 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
     let (reason, message) = match &health {
         Health::Valid => ("", ""),
         Health::Invalid(message) => ("Invalid", message.as_str()),
-        Health::Unresolved(message) => ("TriggerKindNotFound", message.as_str()),
+        Health::Unresolved { reason, message } => (*reason, message.as_str()),
     };
     let reported =
         previous.conditions.iter().any(|c| c.status == "False" && c.type_ == "Ready" && c.reason == reason)
@@ -302,35 +311,113 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
     }
     Ok(match health {
         // The kind may be installed later (a CRD); look again.
-        Health::Unresolved(_) => Action::requeue(std::time::Duration::from_secs(30)),
+        Health::Unresolved { .. } => Action::requeue(std::time::Duration::from_secs(30)),
         _ => Action::await_change(),
     })
 }
 
-/// `None` when the API server serves every trigger's kind, else a message naming the triggers
-/// that it does not. Kinds found once are remembered; kinds not found are asked again.
-async fn unserved_kinds(ctx: &Context, workflow: &Workflow) -> Option<String> {
-    let mut problems = Vec::new();
+/// How long a granted list/watch of a trigger resource is trusted before it is asked again.
+const ACCESS_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `None` when every trigger can be watched, else the reason and a message naming the triggers
+/// that cannot: kinds the API server does not serve (`TriggerKindNotFound`), then resources
+/// the director may not list and watch (`TriggerForbidden`, asked with SelfSubjectAccessReviews:
+/// a forbidden watch would otherwise only retry in the director's log).
+async fn unwatchable_triggers(
+    ctx: &Context,
+    workflow: &Workflow,
+    rules: &[Rule],
+) -> Option<(&'static str, String)> {
+    let mut unserved = Vec::new();
+    let mut resolved = Vec::new();
     for (i, trigger) in workflow.spec.triggers.iter().enumerate() {
         let (group, version) = match trigger.api_version.split_once('/') {
             Some((group, version)) => (group, version),
             None => ("", trigger.api_version.as_str()),
         };
         let gvk = GroupVersionKind::gvk(group, version, &trigger.kind);
-        if ctx.served_kinds.lock().expect("not poisoned").contains(&gvk) {
+        let cached = ctx.served_kinds.lock().expect("not poisoned").get(&gvk).cloned();
+        let found = match cached {
+            Some(found) => found,
+            None => match pinned_kind(&ctx.client, &gvk).await {
+                Ok((resource, capabilities)) => {
+                    let found = (resource, capabilities.scope);
+                    ctx.served_kinds.lock().expect("not poisoned").insert(gvk.clone(), found.clone());
+                    found
+                }
+                Err(e) => {
+                    unserved.push(format!(
+                        "spec.triggers[{i}]: the API server does not serve kind {} in {} ({e})",
+                        trigger.kind, trigger.api_version
+                    ));
+                    continue;
+                }
+            },
+        };
+        let namespace = match found.1 {
+            Scope::Namespaced => rules.get(i).and_then(|rule| rule.key.namespace.clone()),
+            Scope::Cluster => None,
+        };
+        resolved.push((i, gvk, found.0, namespace));
+    }
+    if !unserved.is_empty() {
+        return Some(("TriggerKindNotFound", unserved.join("; ")));
+    }
+    let mut forbidden = Vec::new();
+    for (i, gvk, resource, namespace) in resolved {
+        let key = (gvk, namespace.clone());
+        let fresh = |at: &Instant| at.elapsed() < ACCESS_TTL;
+        if ctx.allowed_watches.lock().expect("not poisoned").get(&key).is_some_and(fresh) {
             continue;
         }
-        match pinned_kind(&ctx.client, &gvk).await {
-            Ok(_) => {
-                ctx.served_kinds.lock().expect("not poisoned").insert(gvk);
+        let mut denied = Vec::new();
+        for verb in ["list", "watch"] {
+            match may(&ctx.client, verb, &resource, namespace.as_deref()).await {
+                Ok(true) => {}
+                Ok(false) => denied.push(verb),
+                // The check itself failed: trust the watch, which reports its own errors.
+                Err(e) => tracing::warn!(error = %e, "could not review access to a trigger resource"),
             }
-            Err(e) => problems.push(format!(
-                "spec.triggers[{i}]: the API server does not serve kind {} in {} ({e})",
-                trigger.kind, trigger.api_version
-            )),
+        }
+        if denied.is_empty() {
+            ctx.allowed_watches.lock().expect("not poisoned").insert(key, Instant::now());
+        } else {
+            let group =
+                if resource.group.is_empty() { String::new() } else { format!(".{}", resource.group) };
+            let place = namespace.map_or("cluster-wide".to_string(), |ns| format!("in namespace {ns}"));
+            forbidden.push(format!(
+                "spec.triggers[{i}]: the director may not {} {}{group} {place}; grant it (Helm value director.triggers.resources)",
+                denied.join(" or "),
+                resource.plural
+            ));
         }
     }
-    (!problems.is_empty()).then(|| problems.join("; "))
+    (!forbidden.is_empty()).then(|| ("TriggerForbidden", forbidden.join("; ")))
+}
+
+/// Whether this process may `verb` the resource (in `namespace`, or in all namespaces).
+async fn may(
+    client: &Client,
+    verb: &str,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+) -> Result<bool, kube::Error> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(resource.group.clone()),
+                resource: Some(resource.plural.clone()),
+                verb: Some(verb.to_string()),
+                namespace: namespace.map(str::to_string),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer =
+        Api::<SelfSubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 /// Failed reconciliations are retried with a short delay; the error is counted by kind.
@@ -422,8 +509,12 @@ mod tests {
             ("False", Time(t1))
         );
         assert_eq!(invalid[1].message, "spec.steps: dependency cycle a → b → a");
-        let unresolved =
-            conditions(&invalid, &Health::Unresolved("spec.triggers[0]: ...".into()), Some(4), t1);
+        let unresolved = conditions(
+            &invalid,
+            &Health::Unresolved { reason: "TriggerKindNotFound", message: "spec.triggers[0]: ...".into() },
+            Some(4),
+            t1,
+        );
         assert_eq!(
             unresolved
                 .iter()

@@ -401,5 +401,33 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
         .collect();
     assert!(reporters.iter().any(|r| r == "kubeci-director"), "the director publishes Events: {reporters:?}");
     assert!(reporters.iter().any(|r| r == "kubeci-workplan-operator"), "the operator too: {reporters:?}");
+
+    // A trigger on a resource the chart does not grant is reported on the Workflow, not only
+    // in the director's log.
+    let secret_trigger: Workflow = serde_yaml::from_str(
+        "apiVersion: kube.ci/v1alpha1\nkind: Workflow\nmetadata: {name: on-secrets}\nspec:\n  triggers:\n  \
+         - {apiVersion: v1, kind: Secret, resource: secrets, onAddOrUpdate: true}\n  steps:\n  - {name: a, image: busybox}\n",
+    )
+    .unwrap();
+    workflows.create(&PostParams::default(), &secret_trigger).await.unwrap();
+    let forbidden = |wf: Option<&Workflow>| {
+        let conditions = wf.and_then(|w| w.status.as_ref()).map(|s| s.conditions.clone()).unwrap_or_default();
+        conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "TriggerForbidden")
+    };
+    if tokio::time::timeout(TIMEOUT, await_condition(workflows.clone(), "on-secrets", forbidden))
+        .await
+        .is_err()
+    {
+        panic!("no TriggerForbidden: {:?}", workflows.get("on-secrets").await.unwrap().status);
+    }
+    let ready = workflows.get("on-secrets").await.unwrap().status.unwrap().conditions;
+    let message = &ready.iter().find(|c| c.type_ == "Ready").unwrap().message;
+    assert_eq!(
+        message,
+        &format!(
+            "spec.triggers[0]: the director may not list or watch secrets in namespace {w}; \
+             grant it (Helm value director.triggers.resources)"
+        )
+    );
     let _ = std::fs::remove_dir_all(kubeconfigs);
 }
