@@ -27,9 +27,6 @@ use crate::metrics::Metrics;
 /// The path the ValidatingWebhookConfiguration calls.
 pub const PATH: &str = "/validate-workflow";
 
-/// How often the certificate files are checked for a rotation.
-const RELOAD_EVERY: Duration = Duration::from_secs(10);
-
 /// The webhook's flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct WebhookArgs {
@@ -42,6 +39,10 @@ pub struct WebhookArgs {
     /// Address the webhook listens on (HTTPS).
     #[arg(long, env = "KUBECI_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
     pub webhook_addr: SocketAddr,
+
+    /// How often to look for a rotated certificate in the cert dir, in seconds.
+    #[arg(long, env = "KUBECI_WEBHOOK_CERT_RELOAD_SECONDS", default_value_t = 10)]
+    pub webhook_cert_reload_seconds: u64,
 }
 
 /// Errors starting the webhook server.
@@ -133,7 +134,7 @@ pub async fn serve(
     let (cert, key) = (cert_dir.join("tls.crt"), cert_dir.join("tls.key"));
     let certificate_error = |source| Error::Certificate { cert: cert.clone(), key: key.clone(), source };
     let config = RustlsConfig::from_pem_file(&cert, &key).await.map_err(certificate_error)?;
-    let addr = args.webhook_addr;
+    let (addr, reload_seconds) = (args.webhook_addr, args.webhook_cert_reload_seconds);
     let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
     listener.set_nonblocking(true).map_err(|source| Error::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
@@ -144,7 +145,8 @@ pub async fn serve(
         .handle(handle.clone())
         .serve(router(metrics).into_make_service());
     let task = tokio::spawn(async move {
-        let reload = reload_on_change(config, cert, key);
+        let every = Duration::from_secs(reload_seconds.max(1));
+        let reload = reload_on_change(config, cert, key, every);
         let stop = async {
             shutdown.requested().await;
             // Let in-flight reviews finish: the API server retries nothing on its own.
@@ -163,11 +165,11 @@ pub async fn serve(
 
 /// Re-reads the certificate when either file's content changes (a Secret volume swaps a
 /// symlink, so modification times are not reliable); a bad pair keeps the old one served.
-async fn reload_on_change(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
+async fn reload_on_change(config: RustlsConfig, cert: PathBuf, key: PathBuf, every: Duration) {
     let read = || async { (tokio::fs::read(&cert).await.ok(), tokio::fs::read(&key).await.ok()) };
     let mut current = read().await;
     loop {
-        tokio::time::sleep(RELOAD_EVERY).await;
+        tokio::time::sleep(every).await;
         let now = read().await;
         if now == current {
             continue;

@@ -43,7 +43,7 @@ spec:
 struct Webhook {
     director: Director,
     config_name: String,
-    _certs: TempDir,
+    certs: TempDir,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -56,17 +56,23 @@ impl Drop for TempDir {
 
 impl Webhook {
     async fn start(ns: &TestNamespace) -> Webhook {
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         let dir = std::env::temp_dir().join(format!("kubeci-webhook-{}", ns.name));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("tls.crt"), certified.cert.pem()).unwrap();
-        std::fs::write(dir.join("tls.key"), certified.signing_key.serialize_pem()).unwrap();
+        let ca_bundle = write_certificate(&dir);
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let director = Director::start(
             env!("CARGO_BIN_EXE_director"),
             &ns.name,
-            &["--no-leader-election", "--webhook-cert-dir", dir.to_str().unwrap(), "--webhook-addr", &addr],
+            &[
+                "--no-leader-election",
+                "--webhook-cert-dir",
+                dir.to_str().unwrap(),
+                "--webhook-addr",
+                &addr,
+                "--webhook-cert-reload-seconds",
+                "1",
+            ],
         );
 
         let config_name = format!("kubeci-test-{}", ns.name);
@@ -93,21 +99,24 @@ impl Webhook {
         }))
         .unwrap();
         let webhooks = config.webhooks.as_mut().unwrap();
-        webhooks[0].client_config.ca_bundle = Some(ByteString(certified.cert.pem().into_bytes()));
+        webhooks[0].client_config.ca_bundle = Some(ByteString(ca_bundle));
         Api::<ValidatingWebhookConfiguration>::all(ns.client.clone())
             .create(&PostParams::default(), &config)
             .await
             .unwrap();
-        let webhook = Webhook { director, config_name, _certs: TempDir(dir) };
+        let webhook = Webhook { director, config_name, certs: TempDir(dir) };
+        webhook.answers(ns).await;
+        webhook
+    }
 
-        // The API server picks webhook configurations up from its own informer: wait until a
-        // server-side dry run is answered by the webhook.
+    /// Waits until the API server reaches the webhook over TLS: a server-side dry run of a cycle
+    /// is denied by it. (The API server picks webhook configurations up from an informer.)
+    async fn answers(&self, ns: &TestNamespace) {
         eventually("the API server calls the webhook", TIMEOUT, || async {
             let out = apply(ns, CYCLE, &["--dry-run=server"]);
             stderr(&out).contains("denied the request").then_some(())
         })
         .await;
-        webhook
     }
 
     async fn stop(self, ns: &TestNamespace) {
@@ -117,6 +126,17 @@ impl Webhook {
             .unwrap();
         self.director.stop();
     }
+}
+
+/// A fresh self-signed certificate for 127.0.0.1 in `dir` (`tls.crt`, `tls.key`); returns it
+/// as the CA bundle that trusts it.
+fn write_certificate(dir: &std::path::Path) -> Vec<u8> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(dir.join("tls.key.new"), certified.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("tls.crt.new"), certified.cert.pem()).unwrap();
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    certified.cert.pem().into_bytes()
 }
 
 fn apply(ns: &TestNamespace, yaml: &str, extra: &[&str]) -> Output {
@@ -175,5 +195,20 @@ async fn a_cycle_is_rejected_at_apply_time_with_the_planners_message() {
             .then_some(())
     })
     .await;
+    webhook.stop(&ns).await;
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let ns = TestEnv::get().namespace("webhook-rotation").await;
+    let webhook = Webhook::start(&ns).await;
+
+    // Rotate: new files in the cert dir, and the API server told to trust only the new one.
+    let ca_bundle = write_certificate(&webhook.certs.0);
+    let configs = Api::<ValidatingWebhookConfiguration>::all(ns.client.clone());
+    let mut config = configs.get(&webhook.config_name).await.unwrap();
+    config.webhooks.as_mut().unwrap()[0].client_config.ca_bundle = Some(ByteString(ca_bundle));
+    configs.replace(&webhook.config_name, &PostParams::default(), &config).await.unwrap();
+    webhook.answers(&ns).await;
     webhook.stop(&ns).await;
 }
