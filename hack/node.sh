@@ -439,7 +439,11 @@ cmd_up() {
   local kubeconfig="${1:-$ROOT/.testenv/kubeconfig}" pid out
   [[ -f "$kubeconfig" ]] || die "no control plane kubeconfig at $kubeconfig: run hack/testenv.sh up first"
   if [[ -n "$(running_pid)" ]]; then
-    die "a local node is already running (pid $(running_pid)); stop it with: hack/node.sh down"
+    grep -qF -- "$(realpath "$kubeconfig")" "/proc/$(running_pid)/cmdline" ||
+      die "a local node of another control plane is running (pid $(running_pid)); stop it with: hack/node.sh down"
+    log "already running (pid $(running_pid))"
+    echo "$NODE_NAME"
+    return
   fi
   mkdir -p "$NODE_DIR"
   out="$NODE_DIR/up.stdout"
