@@ -215,7 +215,12 @@ teardown() {
     while read -r line; do sysctl -q -w "$line" >/dev/null 2>&1 || true; done <"$NODE_DIR/sysctl.saved"
     rm -f "$NODE_DIR/sysctl.saved"
   fi
-  rm -rf "$RUN"
+  if awk -v run="$RUN/" 'index($2, run) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
+    log "warning: mounts remain under $RUN; not removing it (see /proc/self/mounts)"
+  else
+    # Never follow a mount that appeared meanwhile onto another file system.
+    rm -rf --one-file-system "$RUN"
+  fi
   rm -f "$NODE_DIR/run.pid"
 }
 
