@@ -1,7 +1,8 @@
 # The commands developers and CI run. `.ci/run` installs prerequisites, then runs `make test`.
 .PHONY: run test crds bench chart down
 
-# kubeci on a local control plane: the CRDs, the three components, the seed Workflow fired by a ConfigMap.
+# kubeci on this machine: control plane and a real node (root), the CRDs, the three components, the seed
+# Workflow fired by a ConfigMap and followed to Completed.
 run:
 	hack/run-local.sh
 
@@ -24,7 +25,8 @@ chart:
 	$$(hack/tools.sh helm) lint --strict charts/kubeci
 	$$(hack/tools.sh helm) template kubeci charts/kubeci --namespace kubeci-system >/dev/null
 
-# Stop what `make run` started.
+# Stop what `make run` started: components, node, control plane.
 down:
 	hack/stop-components.sh
+	hack/node.sh down
 	hack/testenv.sh down

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager) for kubeci's
-# tests, built from the upstream Go modules in hack/testenv (see hack/testenv/README.md).
+# tests, built from the upstream Go modules in hack/testenv (see hack/testenv/README.md). The same
+# binary carries the kubelet and kube-scheduler of the local node (hack/node.sh).
 #
 #   hack/testenv.sh build | bin   build kubeci-testenv if not cached; print the binary's path
 #   hack/testenv.sh up            start a control plane in <repo>/.testenv; print the kubeconfig path
@@ -225,7 +226,7 @@ case "${1:-}" in
   status) cmd_status ;;
   gomod) shift; cmd_gomod "$@" ;;
   *)
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -5,6 +5,8 @@
 //
 //	kubeci-testenv kube-apiserver <flags>           upstream kube-apiserver
 //	kubeci-testenv kube-controller-manager <flags>  upstream kube-controller-manager
+//	kubeci-testenv kube-scheduler <flags>           upstream kube-scheduler
+//	kubeci-testenv kubelet <flags>                  upstream kubelet (the local node, hack/node.sh)
 //	kubeci-testenv etcd <flags>                     embedded etcd (go.etcd.io/etcd/server/v3/embed)
 //	kubeci-testenv up --dir DIR [flags]             etcd + apiserver (+ controller-manager)
 //
@@ -14,6 +16,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,6 +31,8 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric, as upstream
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // command is one entry of the dispatch table. Upstream commands are given as
@@ -44,6 +49,8 @@ type command struct {
 var commands = map[string]command{
 	"kube-apiserver":          {help: "upstream kube-apiserver", cobra: apiserverapp.NewAPIServerCommand},
 	"kube-controller-manager": {help: "upstream kube-controller-manager", cobra: kcmapp.NewControllerManagerCommand},
+	"kube-scheduler":          {help: "upstream kube-scheduler", cobra: func() *cobra.Command { return schedulerapp.NewSchedulerCommand() }},
+	"kubelet":                 {help: "upstream kubelet", cobra: func() *cobra.Command { return kubeletapp.NewKubeletCommand(context.Background()) }},
 	"etcd":                    {help: "embedded etcd server on loopback", run: runEtcd},
 	"up":                      {help: "run a test control plane in --dir, print 'ready DIR/kubeconfig'", run: runUp},
 	"version":                 {help: "print the Kubernetes version this binary was built from", run: runVersion},

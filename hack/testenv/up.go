@@ -246,6 +246,9 @@ func (u *upper) bringUp(ctx context.Context) error {
 			"--service-account-signing-key-file=" + p.saKey,
 			"--service-cluster-ip-range=10.0.0.0/24",
 			"--allow-privileged=true",
+			// Reach kubelets (logs, exec) at their node IP only: the default tries the
+			// Hostname address first, a DNS lookup that would leave this machine.
+			"--kubelet-preferred-address-types=InternalIP",
 		}
 		if !u.opts.withKCM {
 			// Nobody creates default ServiceAccounts without the controller manager.

@@ -1,7 +1,7 @@
 //! Running one of kubeci's binaries as a process against the test control plane, and waiting
 //! for what it does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -78,6 +78,19 @@ impl Drop for Component {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A binary of this workspace, next to the running test's own directory (`target/<profile>/`),
+/// where `cargo test --workspace` (`make test`) builds it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let path = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics naming `what` after `timeout`.

@@ -6,13 +6,18 @@
 //! [`TestEnv::namespace`]. The control plane runs with `--exit-on-stdin-eof` and the harness holds
 //! its stdin, so it stops when the test binary exits, however the binary ends.
 //!
+//! [`LocalNode::get`] adds a real node (containerd, runc, kubelet, kube-scheduler; `hack/node.sh`)
+//! to that control plane for the end-to-end tier, where pods really run.
+//!
 //! The harness never skips: if the control plane cannot be built or started, the test fails
 //! with the command to run and the control plane's log.
 
 pub mod chart;
 pub mod component;
 pub mod kubelet;
+pub mod node;
 pub mod testenv;
 
-pub use component::{Component, eventually};
+pub use component::{Component, eventually, workspace_binary};
+pub use node::{LocalNode, node_namespace};
 pub use testenv::{TestEnv, TestNamespace};

@@ -5,11 +5,10 @@
 //! this test binary.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e::kubelet::{Act, Kubelet, NODE, pod_namespace};
-use e2e::{Component, TestNamespace, eventually};
+use e2e::{Component, TestNamespace, eventually, workspace_binary as binary};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -18,18 +17,6 @@ use shared_types::planner::workplan_for;
 use shared_types::{JobState, Phase, RequestState, TriggerEvent, Workflow, Workplan};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A workspace binary, next to this test's own directory (`target/<profile>/`).
-fn binary(name: &str) -> PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (`cargo test --workspace` does)",
-        path.display()
-    );
-    path
-}
 
 fn operator(ns: &str) -> Component {
     Component::start(

@@ -1,0 +1,131 @@
+//! A real node for the end-to-end tier: `hack/node.sh run` (Debian's containerd and runc, the
+//! upstream kubelet and kube-scheduler built with the control plane) joined to this test binary's
+//! control plane, so pods really run.
+//!
+//! One node per machine (the kubelet's ports, containerd, cgroups and sysctls are machine-wide):
+//! `node.sh` takes a lock and waits for a node that is still stopping. It runs with
+//! `--exit-on-stdin-eof` and the harness holds its stdin, so when the test binary exits, however
+//! it ends, the node stops its containers, unmounts and removes its state. It never skips: a node
+//! that cannot start fails the test with `node.sh`'s output.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
+use kube::runtime::wait::await_condition;
+
+use crate::{TestEnv, TestNamespace};
+
+/// Installing the packages and building the images on a fresh machine included.
+const START_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The running node of this test binary.
+pub struct LocalNode {
+    name: String,
+    startup: Duration,
+    // Held, never written: the node stops when this pipe closes with the process.
+    _stdin: Mutex<ChildStdin>,
+    _child: Mutex<Child>,
+}
+
+impl LocalNode {
+    /// The node of this test binary, joined to [`TestEnv::get`]'s control plane on first use.
+    /// Panics, with `node.sh`'s output, when it cannot be started.
+    pub fn get() -> &'static LocalNode {
+        static NODE: OnceLock<LocalNode> = OnceLock::new();
+        NODE.get_or_init(|| LocalNode::start().unwrap_or_else(|e| panic!("local node: {e}")))
+    }
+
+    /// The Node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long the node took from `node.sh run` to a Ready Node.
+    pub fn startup(&self) -> Duration {
+        self.startup
+    }
+
+    /// Where `node.sh` keeps the logs of containerd, the kubelet and the scheduler.
+    pub fn logs() -> PathBuf {
+        let cache = std::env::var_os("KUBECI_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kubeci")
+        });
+        cache.join("node/logs")
+    }
+
+    fn start() -> Result<LocalNode, String> {
+        let env = TestEnv::get();
+        let script = TestEnv::repo_root().join("hack/node.sh");
+        let started = Instant::now();
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .args(["run", "--exit-on-stdin-eof", "--kubeconfig"])
+            .arg(env.kubeconfig())
+            // A node of an earlier test binary may still be stopping.
+            .env("KUBECI_NODE_LOCK_WAIT", "300")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        // Progress goes to the test's stderr as it comes (shown for failing tests), and is kept
+        // for the panic message.
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            let _ = err_tx.send(text);
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(Ok(line))) if line.starts_with("ready ") => {
+                let name = line["ready ".len()..].trim().to_string();
+                let startup = started.elapsed();
+                eprintln!("local node {name} Ready after {startup:.1?} (logs in {})", Self::logs().display());
+                Ok(LocalNode { name, startup, _stdin: Mutex::new(stdin), _child: Mutex::new(child) })
+            }
+            outcome => {
+                drop(stdin);
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+                Err(format!(
+                    "`{} run` did not report ready ({outcome:?}).\nIts output:\n{log}\nLogs: {}",
+                    script.display(),
+                    Self::logs().display()
+                ))
+            }
+        }
+    }
+}
+
+/// A fresh namespace whose pods the local node can run: the node is up and the namespace's
+/// `default` ServiceAccount exists (the admission plugin rejects pods until the controller
+/// manager has created it).
+pub async fn node_namespace(test: &str) -> TestNamespace {
+    tokio::task::spawn_blocking(LocalNode::get).await.expect("the local node starts");
+    let ns = TestEnv::get().namespace(test).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(ns.client.clone(), &ns.name);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(accounts, "default", |sa: Option<&ServiceAccount>| sa.is_some()),
+    )
+    .await
+    .expect("the default ServiceAccount is created")
+    .unwrap();
+    ns
+}
