@@ -1,15 +1,19 @@
 //! The admin server: `/livez` (the process serves), `/readyz` (200 only after every cache has
 //! synced, 503 again once shutdown starts) and `/metrics` (the binary's prometheus registry).
 
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::Resource;
+use kube::runtime::reflector::Store;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
@@ -28,6 +32,30 @@ impl Readiness {
     /// Whether the process said it is ready.
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+
+    /// Marks the process ready once `store` has its first complete listing; returns whether it
+    /// did (false: the store's writer went away first).
+    ///
+    /// kube-runtime 5's `Store::wait_until_ready` wakes only the last of several concurrent
+    /// waiters (its one-shot channel keeps a single waker), and a `Controller` waits on its own
+    /// store too, so a plain `await` here could sleep forever and leave `/readyz` at 503. The
+    /// wait is therefore re-polled every 100 ms: once the store is ready, the next poll sees it.
+    pub async fn set_ready_when_synced<K>(&self, store: &Store<K>) -> bool
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Eq + Hash + Clone,
+    {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    self.set_ready(true);
+                    return true;
+                }
+                Ok(Err(_)) => return false,
+                Err(_) => continue,
+            }
+        }
     }
 }
 

@@ -88,8 +88,8 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let store = controller.store();
     let ready = process.readiness.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready.set_ready(true);
+        if ready.set_ready_when_synced(&store).await {
+            tracing::info!("Workplan cache synced; ready");
         }
     });
     let stop = process.shutdown.clone();
