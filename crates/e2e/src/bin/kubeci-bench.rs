@@ -253,6 +253,14 @@ async fn run(args: Args, binaries: PathBuf, env: &'static TestEnv) -> anyhow::Re
     eprintln!("1. baseline: ConfigMap create → watch event ({} samples)", bench.sizes.baseline);
     report.baseline = Summary::of(&baseline(&bench).await?);
 
+    eprintln!("1. the same for a Workplan: create → watch event ({} samples)", bench.sizes.baseline);
+    report.latencies.push(LatencyRow {
+        id: "1".into(),
+        what: "for comparison: Workplan create → its watch event (our CRD's own round trip)".into(),
+        summary: Summary::of(&workplan_round_trip(&bench).await?),
+        target_ratio: None,
+    });
+
     if !args.skip.contains(&Phase_::Trigger) {
         eprintln!("2. trigger → Workplan ({} samples)", bench.sizes.trigger);
         let samples = trigger_to_workplan(&bench).await?;
@@ -288,7 +296,10 @@ async fn run(args: Args, binaries: PathBuf, env: &'static TestEnv) -> anyhow::Re
     if !args.skip.contains(&Phase_::Throughput) {
         for workers in [1, 2, 4] {
             eprintln!("4. throughput: {} one-task Workplans, {workers} worker(s)", bench.sizes.throughput);
-            report.throughput.push(throughput(&bench, workers).await?);
+            match throughput(&bench, workers).await {
+                Ok(row) => report.throughput.push(row),
+                Err(e) => report.notes.push(format!("throughput with {workers} worker(s) failed: {e:#}")),
+            }
         }
     }
 
@@ -297,8 +308,14 @@ async fn run(args: Args, binaries: PathBuf, env: &'static TestEnv) -> anyhow::Re
             "6. memory: director with {} Workflows over {} ConfigMaps; a worker with {} jobs in flight",
             bench.sizes.workflows, bench.sizes.configmaps, bench.sizes.jobs
         );
-        report.memory.extend(director_memory(&bench).await?);
-        report.memory.extend(worker_memory(&bench).await?);
+        match director_memory(&bench).await {
+            Ok(rows) => report.memory.extend(rows),
+            Err(e) => report.notes.push(format!("director memory failed: {e:#}")),
+        }
+        match worker_memory(&bench).await {
+            Ok(rows) => report.memory.extend(rows),
+            Err(e) => report.notes.push(format!("worker memory failed: {e:#}")),
+        }
     }
 
     let (planner, baseline, note) = planner_results();
@@ -354,14 +371,18 @@ where
             let mut listed_tx = Some(listed_tx);
             let mut stream = pin!(watcher(api, watcher::Config::default()).default_backoff());
             while let Some(event) = stream.next().await {
-                match event {
-                    Ok(Event::Apply(object)) if tx.send((Instant::now(), object)).is_err() => return,
+                let object = match event {
+                    Ok(Event::Apply(object)) => object,
                     Ok(Event::InitDone) => {
                         if let Some(listed) = listed_tx.take() {
                             let _ = listed.send(());
                         }
+                        continue;
                     }
-                    _ => {}
+                    _ => continue,
+                };
+                if tx.send((Instant::now(), object)).is_err() {
+                    return;
                 }
             }
         });
@@ -445,6 +466,29 @@ async fn baseline(bench: &Bench) -> anyhow::Result<Vec<Duration>> {
         let sent = Instant::now();
         configmaps.create(&PostParams::default(), &configmap).await?;
         let (at, _) = seen.next(&format!("ConfigMap {name}"), |cm| cm.name_any() == name).await?;
+        if i >= WARM_UP {
+            samples.push(at - sent);
+        }
+    }
+    Ok(samples)
+}
+
+/// The baseline's round trip for kubeci's own kind: a Workplan create (schema and CEL validation,
+/// a bigger object) → its watch event. Nothing of kubeci runs; this is the API server's share of
+/// the trigger → Workplan figure.
+async fn workplan_round_trip(bench: &Bench) -> anyhow::Result<Vec<Duration>> {
+    let ns = bench.env.namespace("bench-workplan-baseline").await;
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let mut seen = Observer::start(api.clone()).await?;
+    let workflow = one_task_workflow(&ns.name, "baseline", None);
+    let mut samples = Vec::new();
+    for i in 0..WARM_UP + bench.sizes.baseline {
+        let workplan = workplan_for(&workflow, TriggerEvent::manual(Some(i.to_string())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let name = workplan.name_any();
+        let sent = Instant::now();
+        api.create(&PostParams::default(), &workplan).await?;
+        let (at, _) = seen.next(&format!("Workplan {name}"), |wp| wp.name_any() == name).await?;
         if i >= WARM_UP {
             samples.push(at - sent);
         }
@@ -602,6 +646,25 @@ async fn handoff(bench: &Bench) -> anyhow::Result<Runs> {
     let after = bench.request_totals().await?;
     runs.writes = write_delta(&before.expect("warm-up runs come first"), &after);
     Ok(runs)
+}
+
+/// Polls `check` until it returns `Some`; an error naming `what` after `timeout`, so that a
+/// phase that fails is reported and the others still run.
+async fn until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_ready(components: &[&Component]) -> anyhow::Result<()> {
@@ -770,7 +833,7 @@ async fn director_memory(bench: &Bench) -> anyhow::Result<Vec<MemoryRow>> {
         .try_collect::<()>()
         .await?;
     let started = Instant::now();
-    e2e::eventually("the director to baseline every Workflow", Duration::from_secs(900), || {
+    until("the director to baseline every Workflow", Duration::from_secs(600), || {
         let api = api.clone();
         async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -782,7 +845,7 @@ async fn director_memory(bench: &Bench) -> anyhow::Result<Vec<MemoryRow>> {
             (done == workflows).then_some(())
         }
     })
-    .await;
+    .await?;
     eprintln!(
         "   every Workflow baselined {:.1} s after the last was created",
         started.elapsed().as_secs_f64()
@@ -823,10 +886,10 @@ async fn worker_memory(bench: &Bench) -> anyhow::Result<Vec<MemoryRow>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle_rss, idle_hwm) = memory(worker.pid())?;
     create_workplans(&ns, jobs).await??;
-    e2e::eventually("the worker to have every job in flight", Duration::from_secs(900), || async {
+    until("the worker to have every job in flight", Duration::from_secs(600), || async {
         (worker.metric("kubeci_worker_jobs_in_flight").await >= jobs as f64).then_some(())
     })
-    .await;
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = memory(worker.pid())?;
     let (op_rss, op_hwm) = memory(operator.pid())?;
