@@ -16,9 +16,12 @@ test:
 crds:
 	cargo run -p shared-types --bin crdgen
 
-# The planner benchmark (criterion).
+# The benchmarks (not part of `make test`): the planner (criterion), then kubeci on the local control
+# plane against the API server's own round trip; prints tables, writes bench-results/latest.json.
+# `make bench BENCH_ARGS=--quick` takes a couple of minutes instead of about ten.
 bench:
 	cargo bench -p shared-types --bench planner
+	cargo run -p e2e --release --locked --bin kubeci-bench -- $(BENCH_ARGS)
 
 # Lint and render the Helm chart (make test also validates it with kubeconform and installs it).
 chart:

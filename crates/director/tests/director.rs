@@ -456,3 +456,18 @@ async fn own_runs_suspend_and_history_limit() {
     assert!(status.last_workplan.is_some());
     assert_eq!(status.workplans.map(|c| c.pending + c.running + c.completed + c.failed), Some(4));
 }
+
+/// `/readyz` turns 200 once the Workflow cache has synced, with nothing to list too (a Deployment
+/// waits for it). It used to stay 503: the readiness task's wait was never woken.
+#[tokio::test]
+async fn ready_once_synced_in_an_empty_namespace() {
+    let ns = TestEnv::get().namespace("director-ready").await;
+    for leader_election in [false, true] {
+        let director = start_director(&ns.name, leader_election);
+        eventually("the director reports ready", TIMEOUT, || async {
+            director.is_ready().await.then_some(())
+        })
+        .await;
+        director.stop();
+    }
+}

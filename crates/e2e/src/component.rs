@@ -30,6 +30,28 @@ impl Component {
         namespace: &str,
         args: &[&str],
     ) -> Component {
+        Component::start_with(binary, kubeconfig, namespace, args, Stdio::inherit())
+    }
+
+    /// [`Component::start`] with its logs (stderr) going to `log` instead of the test's output:
+    /// the benchmark keeps its own output to the numbers.
+    pub fn start_logging_to(
+        binary: impl AsRef<Path>,
+        namespace: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> Component {
+        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        Component::start_with(binary, TestEnv::get().kubeconfig(), namespace, args, Stdio::from(file))
+    }
+
+    fn start_with(
+        binary: impl AsRef<Path>,
+        kubeconfig: &Path,
+        namespace: &str,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> Component {
         let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(binary.as_ref())
             .arg("--kubeconfig")
@@ -39,7 +61,7 @@ impl Component {
             .args(args)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.as_ref().display()));
         Component { child, admin_port }
@@ -57,15 +79,33 @@ impl Component {
         let _ = self.child.wait();
     }
 
+    /// The process id, for its `/proc` entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether its `/readyz` answers 200 (caches synced).
+    pub async fn is_ready(&self) -> bool {
+        self.get("/readyz")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+    }
+
+    /// The response to a GET of `path` on the admin server, headers included; `None` when the
+    /// server is not up yet.
+    pub async fn get(&self, path: &str) -> Option<String> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    }
+
     /// The sum of a metric's samples whose line starts with `name` (0 when absent or the
     /// server is not up yet).
     pub async fn metric(&self, name: &str) -> f64 {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await else {
-            return 0.0;
-        };
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await;
-        let mut body = String::new();
-        let _ = stream.read_to_string(&mut body).await;
+        let Some(body) = self.get("/metrics").await else { return 0.0 };
         body.lines()
             .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
             .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()))

@@ -11,7 +11,11 @@
 //!
 //! The harness never skips: if the control plane cannot be built or started, the test fails
 //! with the command to run and the control plane's log.
+//!
+//! The same harness carries `kubeci-bench` (`src/bin/kubeci-bench.rs`, DESIGN.md §9.4), whose
+//! pure parts are in [`bench`].
 
+pub mod bench;
 pub mod chart;
 pub mod component;
 pub mod kubelet;

@@ -237,3 +237,14 @@ async fn many_workplans_all_complete() {
     })
     .await;
 }
+
+/// `/readyz` turns 200 once the Workplan cache has synced, with nothing to list too.
+#[tokio::test]
+async fn ready_once_synced_in_an_empty_namespace() {
+    let ns = e2e::TestEnv::get().namespace("operator-ready").await;
+    let operator = operator(&ns.name);
+    e2e::eventually("the operator reports ready", std::time::Duration::from_secs(60), || async {
+        operator.is_ready().await.then_some(())
+    })
+    .await;
+}

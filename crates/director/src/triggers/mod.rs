@@ -6,7 +6,10 @@
 //! Everything runs through the engine task one message at a time, so the per-Workflow records
 //! never race. A fire creates its Workplan (deterministic name: a replay gets AlreadyExists)
 //! before the record is saved, so a crash in between fires again into the same name instead of
-//! losing the event.
+//! losing the event. That also lets saves wait: while more messages are queued, the changes to
+//! each Workflow's record accumulate and are saved in one status patch once the queue is empty,
+//! so a burst of trigger events costs one write per Workflow instead of one per event, and the
+//! next event's Workplan is not held up behind the previous event's save.
 
 pub mod decide;
 
@@ -68,6 +71,7 @@ impl Engine {
             watches: HashMap::new(),
             events_tx,
             cache,
+            unsaved: HashMap::new(),
         };
         let task = tokio::spawn(state.run(receiver, events, shutdown));
         (Engine { commands }, task)
@@ -126,6 +130,8 @@ struct EngineState {
     events_tx: mpsc::UnboundedSender<WatchEvent>,
     /// The Workflow controller's cache: which Workflows still exist.
     cache: Store<Workflow>,
+    /// Record changes not saved yet, by Workflow (see the module docs).
+    unsaved: HashMap<ObjectRef<Workflow>, Outcome>,
 }
 
 impl EngineState {
@@ -144,7 +150,11 @@ impl EngineState {
                 Some(event) = events.recv() => self.event(event).await,
                 _ = shutdown.requested() => break,
             }
+            if commands.is_empty() && events.is_empty() {
+                self.save_unsaved().await;
+            }
         }
+        self.save_unsaved().await;
         for (_, watch) in self.watches.drain() {
             watch.task.abort();
         }
@@ -289,12 +299,22 @@ impl EngineState {
             create_workplan(&self.client, &self.recorder, &self.metrics, &workflow, trigger).await;
         }
         if outcome.changed() {
-            let served = &self.workflows[key];
-            match save_memory(&self.client, &workflow, &served.memory, &outcome).await {
+            let unsaved = self.unsaved.entry(key.clone()).or_default();
+            unsaved.recorded.extend(outcome.recorded);
+            unsaved.removed.extend(outcome.removed);
+            unsaved.baselined |= outcome.baselined;
+        }
+    }
+
+    /// Saves the record changes accumulated since the last save, one patch per Workflow.
+    async fn save_unsaved(&mut self) {
+        for (key, outcome) in std::mem::take(&mut self.unsaved) {
+            let Some(served) = self.workflows.get(&key) else { continue };
+            match save_memory(&self.client, &served.workflow, &served.memory, &outcome).await {
                 Ok(()) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     tracing::debug!(workflow = %key, "Workflow deleted: no longer served");
-                    self.workflows.remove(key);
+                    self.workflows.remove(&key);
                     self.stop_unused_watches();
                 }
                 Err(e) => {
@@ -368,8 +388,13 @@ pub async fn create_workplan(
             Ok(_) => {
                 metrics.workplans_created.inc();
                 tracing::info!(workflow = %workflow.name_any(), workplan = %name, event = event.as_str(), "created Workplan");
+                // The Event is for people: publish it beside the next event's work instead of
+                // holding the engine's one-at-a-time loop for another round trip.
                 let note = format!("Created Workplan {name} ({})", event.as_str());
-                publish(recorder, workflow, EventType::Normal, "WorkplanCreated", note).await;
+                let (recorder, workflow) = (recorder.clone(), workflow.clone());
+                tokio::spawn(async move {
+                    publish(&recorder, &workflow, EventType::Normal, "WorkplanCreated", note).await
+                });
                 return Some(name);
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
