@@ -11,9 +11,12 @@ pub mod workflow;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{Controller, WatchStreamExt};
 use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
 use shared_types::{Workflow, Workplan};
 
@@ -65,7 +68,14 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(workflows, watcher::Config::default().any_semantic())
+    // Every Workflow is cached; their managedFields (one entry per writer, naming each recorded
+    // trigger object) are never read, so they are dropped before they are stored
+    // (kubeci-bench, phase 6).
+    let (store, writer) = reflector::store();
+    let cached = watcher(workflows, watcher::Config::default().any_semantic()).modify(|workflow| {
+        workflow.managed_fields_mut().clear();
+    });
+    let controller = Controller::for_stream(reflector(writer, cached).applied_objects(), store)
         .owns(workplans, watcher::Config::default().any_semantic());
     let store = controller.store();
     let (engine, engine_task) = Engine::start(
