@@ -6,18 +6,34 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 
 use crate::TestEnv;
 
 /// The path of a tool from `hack/tools.sh` (`helm`, `kubeconform`), installing it the first time.
-/// Panics with the script's output when it cannot: the tests never skip.
+/// Panics with the script's output when it cannot: the tests never skip. Asked once per tool
+/// and test binary.
 pub fn tool(name: &str) -> PathBuf {
-    let script = TestEnv::repo_root().join("hack/tools.sh");
-    let out = Command::new(&script).arg(name).output().unwrap_or_else(|e| panic!("running {script:?}: {e}"));
-    assert!(out.status.success(), "hack/tools.sh {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+    static TOOLS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut tools = TOOLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tools
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            let script = TestEnv::repo_root().join("hack/tools.sh");
+            let out = Command::new(&script)
+                .arg(name)
+                .output()
+                .unwrap_or_else(|e| panic!("running {script:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "hack/tools.sh {name} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+        })
+        .clone()
 }
 
 /// The chart's directory.

@@ -20,6 +20,7 @@ pub mod chart;
 pub mod component;
 pub mod kubelet;
 pub mod node;
+pub mod supervised;
 pub mod testenv;
 
 pub use component::{Component, eventually, workspace_binary};

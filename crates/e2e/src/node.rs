@@ -8,16 +8,16 @@
 //! it ends, the node stops its containers, unmounts and removes its state. It never skips: a node
 //! that cannot start fails the test with `node.sh`'s output.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
 use kube::runtime::wait::await_condition;
 
+use crate::supervised::Supervised;
 use crate::{TestEnv, TestNamespace};
 
 /// Installing the packages and building the images on a fresh machine included.
@@ -27,9 +27,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct LocalNode {
     name: String,
     startup: Duration,
-    // Held, never written: the node stops when this pipe closes with the process.
-    _stdin: Mutex<ChildStdin>,
-    _child: Mutex<Child>,
+    _process: Supervised,
 }
 
 impl LocalNode {
@@ -59,57 +57,20 @@ impl LocalNode {
     }
 
     fn start() -> Result<LocalNode, String> {
-        let env = TestEnv::get();
         let script = TestEnv::repo_root().join("hack/node.sh");
         let started = Instant::now();
-        let mut child = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg(&script)
             .args(["run", "--exit-on-stdin-eof", "--kubeconfig"])
-            .arg(env.kubeconfig())
+            .arg(TestEnv::get().kubeconfig())
             // A node of an earlier test binary may still be stopping.
-            .env("KUBECI_NODE_LOCK_WAIT", "300")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        // Progress goes to the test's stderr as it comes (shown for failing tests), and is kept
-        // for the panic message.
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            let _ = err_tx.send(text);
-        });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Some(Ok(line))) if line.starts_with("ready ") => {
-                let name = line["ready ".len()..].trim().to_string();
-                let startup = started.elapsed();
-                eprintln!("local node {name} Ready after {startup:.1?} (logs in {})", Self::logs().display());
-                Ok(LocalNode { name, startup, _stdin: Mutex::new(stdin), _child: Mutex::new(child) })
-            }
-            outcome => {
-                drop(stdin);
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-                Err(format!(
-                    "`{} run` did not report ready ({outcome:?}).\nIts output:\n{log}\nLogs: {}",
-                    script.display(),
-                    Self::logs().display()
-                ))
-            }
-        }
+            .env("KUBECI_NODE_LOCK_WAIT", "300");
+        let (name, process) = Supervised::start(command, START_TIMEOUT)
+            .map_err(|e| format!("`{} run` {e}\nLogs: {}", script.display(), Self::logs().display()))?;
+        let startup = started.elapsed();
+        eprintln!("local node {name} Ready after {startup:.1?} (logs in {})", Self::logs().display());
+        Ok(LocalNode { name, startup, _process: process })
     }
 }
 

@@ -1,10 +1,9 @@
 //! One real control plane per test binary (see the crate docs).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -13,6 +12,8 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
+
+use crate::supervised::Supervised;
 
 /// How long CRDs may take to become Established.
 const CRD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,9 +24,7 @@ pub const FIELD_MANAGER: &str = "kubeci-e2e";
 pub struct TestEnv {
     kubeconfig: PathBuf,
     dir: PathBuf,
-    // Held, never written: the control plane exits when this pipe closes with the process.
-    _stdin: Mutex<ChildStdin>,
-    _child: Mutex<Child>,
+    _process: Supervised,
 }
 
 /// A namespace of one test, named after it.
@@ -109,46 +108,11 @@ impl TestEnv {
         let dir = std::env::temp_dir().join(format!("kubeci-testenv-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
 
-        let mut child = Command::new(&binary)
-            .args(["up", "--dir"])
-            .arg(&dir)
-            .args(["--exit-on-stdin-eof", "--cleanup"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-
-        // The ready line, read on a thread so the wait can time out.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {} // drain, so the control plane never blocks on a full pipe
-        });
-        let stderr_log = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        let kubeconfig = match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(Some(Ok(line))) if line.starts_with("ready ") => PathBuf::from(&line["ready ".len()..]),
-            outcome => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = stderr_log.join().unwrap_or_default();
-                return Err(format!(
-                    "{} did not report ready ({outcome:?}).\nIts output:\n{log}\nComponent logs are in {}.",
-                    binary.display(),
-                    dir.display()
-                ));
-            }
-        };
-
-        let env = TestEnv { kubeconfig, dir, _stdin: Mutex::new(stdin), _child: Mutex::new(child) };
+        let mut command = Command::new(&binary);
+        command.args(["up", "--dir"]).arg(&dir).args(["--exit-on-stdin-eof", "--cleanup"]);
+        let (kubeconfig, process) = Supervised::start(command, Duration::from_secs(180))
+            .map_err(|e| format!("{} {e}\nComponent logs are in {}.", binary.display(), dir.display()))?;
+        let env = TestEnv { kubeconfig: PathBuf::from(kubeconfig), dir, _process: process };
         env.install_crds(&root)?;
         Ok(env)
     }

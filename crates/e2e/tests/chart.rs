@@ -195,18 +195,16 @@ impl Install {
         }
     }
 
-    fn helm(&self, verb: &str, workloads: &str) -> Output {
+    fn helm(&self, verb: &str) -> Output {
         // The webhook is registered but only for namespaces labelled for it (none here): no
         // director pod can run without a node and images, and with failurePolicy Fail the
         // Workflows of the functional check below would be refused.
         let values = temp_dir("values").join("values.yaml");
         std::fs::write(
             &values,
-            format!(
-                "webhook:\n  namespaceSelector:\n    matchLabels: {{kube.ci/webhook-test: enabled}}\n\
-                 director:\n  triggers:\n    resources:\n    - apiGroups: ['']\n      resources: [configmaps]\n\
-                 logFormat: plain\n# workloads in {workloads}\n"
-            ),
+            "webhook:\n  namespaceSelector:\n    matchLabels: {kube.ci/webhook-test: enabled}\n\
+             director:\n  triggers:\n    resources:\n    - apiGroups: ['']\n      resources: [configmaps]\n\
+             logFormat: plain\n",
         )
         .unwrap();
         run(helm().args([verb, RELEASE]).arg(chart_dir()).args(["-n", &self.ns.name, "-f"]).arg(&values))
@@ -220,7 +218,7 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
     let workloads = pod_namespace("chart-workloads").await;
     let ns = install.ns.name.clone();
     install.adopt_crds();
-    install.helm("install", &workloads.name);
+    install.helm("install");
 
     // The objects, as the chart says.
     let client = install.ns.client.clone();
@@ -270,7 +268,7 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
         data["ca.crt"].0,
         "the caBundle is the Secret's CA"
     );
-    install.helm("upgrade", &workloads.name);
+    install.helm("upgrade");
     let after = secrets.get("kubeci-webhook-tls").await.unwrap().data.unwrap();
     assert_eq!(after["tls.crt"].0, data["tls.crt"].0, "helm upgrade keeps the webhook certificate");
 
