@@ -1,0 +1,272 @@
+//! Issue acceptance for execution: the real workplan-operator and workers on the real API server,
+//! the test playing scheduler and kubelet (`e2e::kubelet`). Workplans are created directly.
+//!
+//! The binaries are the workspace's own, built by `cargo test --workspace` (`make test`) next to
+//! this test binary.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use e2e::kubelet::{Act, Kubelet, NODE, pod_namespace};
+use e2e::{Component, TestNamespace, eventually, workspace_binary as binary};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::wait::await_condition;
+use pretty_assertions::assert_eq;
+use shared_types::planner::workplan_for;
+use shared_types::{JobState, Phase, RequestState, TriggerEvent, Workflow, Workplan};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn operator(ns: &str) -> Component {
+    Component::start(
+        binary("workplan-operator"),
+        ns,
+        &["--no-leader-election", "--worker-lease-namespace", ns],
+    )
+}
+
+fn worker(ns: &str, identity: &str) -> Component {
+    Component::start(binary("worker"), ns, &["--identity", identity, "--lease-namespace", ns])
+}
+
+fn workflow(ns: &str, yaml: &str) -> Workflow {
+    let mut wf: Workflow = serde_yaml::from_str(yaml).unwrap();
+    wf.metadata.namespace = Some(ns.to_string());
+    wf
+}
+
+fn seed(ns: &str) -> Workflow {
+    workflow(ns, shared_types::repo::SEED_WORKFLOW)
+}
+
+fn one_task(ns: &str) -> Workflow {
+    workflow(
+        ns,
+        "apiVersion: kube.ci/v1alpha1\nkind: Workflow\nmetadata: {name: quick}\nspec:\n  steps:\n  - {name: only, image: alpine}\n",
+    )
+}
+
+async fn create(ns: &TestNamespace, wf: &Workflow, run: &str) -> String {
+    let wp = workplan_for(wf, TriggerEvent::manual(Some(run.into()))).unwrap();
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &wp).await.unwrap().metadata.name.unwrap()
+}
+
+async fn finished(ns: &TestNamespace, name: &str) -> Workplan {
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let cond = |wp: Option<&Workplan>| {
+        wp.and_then(|w| w.status.as_ref()).and_then(|s| s.phase).is_some_and(Phase::is_finished)
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(api, name, cond))
+        .await
+        .expect("the Workplan finishes")
+        .unwrap()
+        .unwrap()
+}
+
+async fn request_state(ns: &TestNamespace, name: &str) -> RequestState {
+    Api::<RequestState>::namespaced(ns.client.clone(), &ns.name).get(name).await.unwrap()
+}
+
+/// (job, state, worker) of every history entry.
+fn trail(rqs: &RequestState) -> Vec<(String, JobState, Option<String>)> {
+    rqs.status.as_ref().unwrap().history.iter().map(|e| (e.job.clone(), e.state, e.worker.clone())).collect()
+}
+
+/// Every (job, state) exactly once: no transition duplicated or lost.
+fn assert_each_transition_once(rqs: &RequestState, jobs: &[&str]) {
+    let mut seen: BTreeMap<(String, JobState), usize> = BTreeMap::new();
+    for (job, state, _) in trail(rqs) {
+        *seen.entry((job, state)).or_default() += 1;
+    }
+    let expected: BTreeMap<(String, JobState), usize> = jobs
+        .iter()
+        .flat_map(|j| {
+            [JobState::Requested, JobState::Started, JobState::Completed].map(|s| ((j.to_string(), s), 1))
+        })
+        .collect();
+    assert_eq!(seen, expected, "{:?}", trail(rqs));
+}
+
+#[tokio::test]
+async fn the_seed_runs_task_0_task_1_and_cleanup_in_order() {
+    let ns = pod_namespace("exec-seed").await;
+    let _kubelet = Kubelet::start(&ns, |_| Act::Succeed);
+    let (_operator, _worker) = (operator(&ns.name), worker(&ns.name, "worker-1"));
+    let name = create(&ns, &seed(&ns.name), "1").await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+    assert_eq!((status.task_index, status.node_name.as_deref()), (Some(1), Some(NODE)));
+
+    let rqs = request_state(&ns, &name).await;
+    let w = Some("worker-1".to_string());
+    assert_eq!(
+        trail(&rqs),
+        ["task-0", "task-1", "cleanup"]
+            .iter()
+            .flat_map(|job| [
+                (job.to_string(), JobState::Requested, None),
+                (job.to_string(), JobState::Started, w.clone()),
+                (job.to_string(), JobState::Completed, w.clone())
+            ])
+            .collect::<Vec<_>>()
+    );
+    let history = &rqs.status.as_ref().unwrap().history;
+    assert!(history.windows(2).all(|p| p[0].timestamp.0 <= p[1].timestamp.0), "timestamps in order");
+
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let task_1 = pods.get(&format!("{name}-task-1")).await.unwrap();
+    let task_0 = pods.get(&format!("{name}-task-0")).await.unwrap();
+    assert_eq!(
+        task_1.spec.unwrap().node_name,
+        task_0.spec.unwrap().node_name,
+        "task-1 runs on task-0's node"
+    );
+    assert!(pods.get_opt(&format!("{name}-cleanup")).await.unwrap().is_some(), "cleanup ran as a pod");
+}
+
+#[tokio::test]
+async fn a_failing_step_fails_the_workplan_and_cleanup_still_runs() {
+    let ns = pod_namespace("exec-failure").await;
+    let _kubelet = Kubelet::start(&ns, |pod: &Pod| {
+        if pod.metadata.name.as_deref().is_some_and(|n| n.ends_with("-task-0")) {
+            Act::Fail { step: "step-3".into(), code: 3, message: "no space left on device".into() }
+        } else {
+            Act::Succeed
+        }
+    });
+    let (_operator, _worker) = (operator(&ns.name), worker(&ns.name, "worker-1"));
+    let name = create(&ns, &seed(&ns.name), "1").await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("task-0 failed: step \"step-3\" exited with code 3: no space left on device")
+    );
+    let jobs: Vec<String> =
+        trail(&request_state(&ns, &name).await).into_iter().map(|(job, _, _)| job).collect();
+    assert!(!jobs.contains(&"task-1".to_string()), "task-1 never starts: {jobs:?}");
+    assert!(jobs.contains(&"cleanup".to_string()), "cleanup still runs: {jobs:?}");
+}
+
+#[tokio::test]
+async fn three_workers_claim_every_job_of_50_workplans_exactly_once() {
+    let ns = pod_namespace("exec-three-workers").await;
+    let _kubelet = Kubelet::start(&ns, |_| Act::Succeed);
+    let _operator = operator(&ns.name);
+    let workers: Vec<Component> = (1..=3).map(|i| worker(&ns.name, &format!("worker-{i}"))).collect();
+    let wf = one_task(&ns.name);
+    let mut names = Vec::new();
+    for i in 0..50 {
+        names.push(create(&ns, &wf, &i.to_string()).await);
+    }
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually("all 50 Workplans Completed", TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let list = api.list(&ListParams::default()).await.unwrap().items;
+            (list.len() == 50
+                && list.iter().all(|w| w.status.as_ref().and_then(|s| s.phase) == Some(Phase::Completed)))
+            .then_some(())
+        }
+    })
+    .await;
+    let mut claims_by_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for name in &names {
+        let rqs = request_state(&ns, name).await;
+        assert_each_transition_once(&rqs, &["task-0", "cleanup"]);
+        for (_, state, worker) in trail(&rqs) {
+            if state == JobState::Started {
+                *claims_by_worker.entry(worker.unwrap()).or_default() += 1;
+            }
+        }
+    }
+    let mut lost = 0.0;
+    for w in &workers {
+        lost += w.metric("kubeci_worker_claims_lost_total").await;
+    }
+    println!("100 jobs claimed as {claims_by_worker:?}; {lost} claims lost to another worker");
+    assert_eq!(claims_by_worker.values().sum::<usize>(), 100);
+}
+
+#[tokio::test]
+async fn a_killed_workers_job_is_adopted_by_another_worker() {
+    let ns = pod_namespace("exec-killed-worker").await;
+    let _operator = operator(&ns.name);
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let name = create(&ns, &one_task(&ns.name), "1").await;
+    let pod_name = format!("{name}-task-0");
+
+    // Worker A claims task-0 and creates its pod, which the kubelet leaves running; then A dies.
+    let leave = Kubelet::start(&ns, |_| Act::Leave);
+    let first = worker(&ns.name, "worker-a");
+    let cond =
+        |p: Option<&Pod>| p.is_some_and(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some());
+    let pod = tokio::time::timeout(TIMEOUT, await_condition(pods.clone(), &pod_name, cond))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    first.kill();
+    drop(leave);
+
+    // Worker B takes over once A's lease expires, adopts A's pod, and the kubelet finishes it.
+    let _kubelet = Kubelet::start(&ns, |_| Act::Succeed);
+    let _second = worker(&ns.name, "worker-b");
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+
+    let task_pods: Vec<Pod> = pods
+        .list(&ListParams::default().labels(&format!("kube.ci/workplan={name},kube.ci/task=0")))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(task_pods.len(), 1, "no second pod");
+    assert_eq!(task_pods[0].metadata.uid, pod.metadata.uid, "the same pod, adopted");
+    let rqs = request_state(&ns, &name).await;
+    let history = &rqs.status.as_ref().unwrap().history;
+    let task_0: Vec<(JobState, Option<&str>, Option<&str>)> = history
+        .iter()
+        .filter(|e| e.job == "task-0")
+        .map(|e| (e.state, e.worker.as_deref(), e.message.as_deref()))
+        .collect();
+    assert_eq!(
+        task_0,
+        vec![
+            (JobState::Requested, None, None),
+            (JobState::Started, Some("worker-a"), None),
+            (JobState::Requested, None, Some("worker worker-a lost: its lease expired")),
+            (JobState::Started, Some("worker-b"), None),
+            (JobState::Completed, Some("worker-b"), None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_operator_restart_mid_run_loses_and_duplicates_nothing() {
+    let ns = pod_namespace("exec-operator-restart").await;
+    let _kubelet = Kubelet::start(&ns, |_| Act::Succeed);
+    let _workers: Vec<Component> = (1..=2).map(|i| worker(&ns.name, &format!("worker-{i}"))).collect();
+    let first = operator(&ns.name);
+    let wf = seed(&ns.name);
+    let mut names = Vec::new();
+    for i in 0..10 {
+        names.push(create(&ns, &wf, &i.to_string()).await);
+    }
+    // Restart while the runs are in flight.
+    let requests: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually("some runs in flight", TIMEOUT, || {
+        let requests = requests.clone();
+        async move { (requests.list(&ListParams::default()).await.unwrap().items.len() >= 3).then_some(()) }
+    })
+    .await;
+    first.kill();
+    let _second = operator(&ns.name);
+    for name in &names {
+        assert_eq!(finished(&ns, name).await.status.unwrap().phase, Some(Phase::Completed));
+        assert_each_transition_once(&request_state(&ns, name).await, &["task-0", "task-1", "cleanup"]);
+    }
+}

@@ -1,0 +1,299 @@
+//! The end-to-end tier (issue 7): kubeci on a real node. The real director, workplan-operator and
+//! worker binaries on the real control plane, and a real kubelet, kube-scheduler, containerd and
+//! runc (`e2e::LocalNode`, `hack/node.sh`) running every step as a container. Nothing plays the
+//! kubelet here: logs, exit codes and files are the containers' own.
+//!
+//! Needs root and the packages `hack/node.sh deps` installs; the node installs them itself. It
+//! fails, never skips, when the node cannot start.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use e2e::{Component, LocalNode, TestNamespace, eventually, node_namespace, workspace_binary};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use pretty_assertions::assert_eq;
+use shared_types::planner::workplan_for;
+use shared_types::{Phase, TriggerEvent, Workflow, Workplan};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A workspace root of the test's own on the host, removed when dropped.
+struct WorkspaceRoot(PathBuf);
+
+impl WorkspaceRoot {
+    fn new(ns: &str) -> WorkspaceRoot {
+        WorkspaceRoot(std::env::temp_dir().join(format!("kubeci-e2e-workspaces-{ns}")))
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    /// `<root>/<namespace>/<workflow>/<workplan>`, as the worker renders it.
+    fn workspace(&self, ns: &str, workflow: &str, workplan: &str) -> PathBuf {
+        self.0.join(ns).join(workflow).join(workplan)
+    }
+}
+
+impl Drop for WorkspaceRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The operator and a worker for `ns`, the worker's workspaces under `root`.
+fn kubeci(ns: &str, root: &WorkspaceRoot) -> (Component, Component) {
+    let operator = Component::start(
+        workspace_binary("workplan-operator"),
+        ns,
+        &["--no-leader-election", "--worker-lease-namespace", ns],
+    );
+    let worker = Component::start(
+        workspace_binary("worker"),
+        ns,
+        &["--identity", "worker-1", "--lease-namespace", ns, "--workspace-root", root.path()],
+    );
+    (operator, worker)
+}
+
+fn workflow(ns: &str, yaml: &str) -> Workflow {
+    let mut wf: Workflow = serde_yaml::from_str(yaml).unwrap();
+    wf.metadata.namespace = Some(ns.to_string());
+    wf.status = None;
+    wf
+}
+
+/// Creates the Workplan of a manual run of `wf` (no director needed).
+async fn run(ns: &TestNamespace, wf: &Workflow) -> String {
+    let wp = workplan_for(wf, TriggerEvent::manual(Some("1".into()))).unwrap();
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &wp).await.unwrap().metadata.name.unwrap()
+}
+
+async fn finished(ns: &TestNamespace, name: &str) -> Workplan {
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let cond = |wp: Option<&Workplan>| {
+        wp.and_then(|w| w.status.as_ref()).and_then(|s| s.phase).is_some_and(Phase::is_finished)
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(api, name, cond))
+        .await
+        .unwrap_or_else(|_| panic!("Workplan {name} not finished after {TIMEOUT:?}; node logs in {}", logs()))
+        .unwrap()
+        .unwrap()
+}
+
+fn logs() -> String {
+    LocalNode::logs().display().to_string()
+}
+
+/// `kubectl logs` of one container, through the API server and the kubelet.
+fn kubectl_logs(ns: &str, pod: &str, container: &str) -> String {
+    let out = e2e::TestEnv::get()
+        .kubectl()
+        .args(["logs", "-n", ns, pod, "-c", container])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl logs {pod} -c {container}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_seed_workflow_runs_for_real_from_its_configmap_trigger() {
+    let ns = node_namespace("node-seed").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let node = LocalNode::get().name().to_string();
+
+    // The seed as a user applies it: its ConfigMap, its Workflow, the director watching both.
+    let config_maps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+    let cm = ConfigMap {
+        metadata: ObjectMeta { name: Some("my-config".into()), ..ObjectMeta::default() },
+        data: Some([("greeting".to_string(), "hello".to_string())].into()),
+        ..ConfigMap::default()
+    };
+    config_maps.create(&PostParams::default(), &cm).await.unwrap();
+    let mut seed = workflow(&ns.name, shared_types::repo::SEED_WORKFLOW);
+    seed.spec.triggers[0].namespace = Some(ns.name.clone());
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    workflows.create(&PostParams::default(), &seed).await.unwrap();
+    let _director = Component::start(
+        workspace_binary("director"),
+        &ns.name,
+        &["--no-leader-election", "--lease-namespace", &ns.name],
+    );
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    let baselined = |wf: Option<&Workflow>| {
+        wf.and_then(|w| w.status.as_ref()).is_some_and(|s| !s.baselined_triggers.is_empty())
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(workflows, "my-workflow", baselined))
+        .await
+        .expect("the director takes the trigger baseline")
+        .unwrap();
+
+    // Changing the ConfigMap fires one Workplan.
+    let patch = serde_json::json!({"data": {"greeting": "hello again"}});
+    config_maps.patch("my-config", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let workplans: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let name = eventually("the ConfigMap change creates a Workplan", TIMEOUT, || {
+        let workplans = workplans.clone();
+        async move { workplans.list(&ListParams::default()).await.unwrap().items.pop()?.metadata.name }
+    })
+    .await;
+
+    // The workspace is a real directory on this host while the run goes on.
+    let workspace = root.workspace(&ns.name, "my-workflow", &name);
+    eventually(&format!("{} exists during the run", workspace.display()), TIMEOUT, || {
+        let exists = workspace.is_dir();
+        async move { exists.then_some(()) }
+    })
+    .await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+    assert_eq!(status.node_name.as_deref(), Some(node.as_str()));
+
+    // step-5 ran after steps 1-4 in the same workspace: its own output says so.
+    let log = kubectl_logs(&ns.name, &format!("{name}-task-1"), "step-5");
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["step-5", "file-1", "file-2", "file-3", "file-4"]);
+
+    // Real containers ran them, on the node the first pod was scheduled to.
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    for pod in [format!("{name}-task-0"), format!("{name}-task-1"), format!("{name}-cleanup")] {
+        let pod = pods.get(&pod).await.unwrap();
+        assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some(node.as_str()));
+        let status = pod.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+        for c in
+            status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten())
+        {
+            let id = c.container_id.as_deref().unwrap_or_default();
+            assert!(id.starts_with("containerd://"), "{} ran in containerd: {id:?}", c.name);
+        }
+    }
+
+    // The cleanup pod removed the workspace from the host.
+    assert!(!workspace.exists(), "{} is removed by the cleanup pod", workspace.display());
+    assert!(workspace.parent().unwrap().is_dir(), "only the Workplan's own directory is removed");
+}
+
+#[tokio::test]
+async fn a_failing_steps_real_exit_code_and_message_reach_the_workplan() {
+    let ns = node_namespace("node-failure").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    let wf = workflow(
+        &ns.name,
+        r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {name: breaks}
+spec:
+  steps:
+  - name: prepare
+    image: alpine
+    commands: [sh, -c, "echo ready > /kubeci/state"]
+  - name: fails
+    image: alpine
+    commands: [sh, -c, "printf 'cannot deploy: %s' \"$(cat /kubeci/state)\" > /dev/termination-log; exit 3"]
+    dependency: [prepare]
+  - name: succeeds
+    image: alpine
+    commands: [sh, -c, "touch /kubeci/succeeded"]
+    dependency: [prepare]
+  - name: never
+    image: alpine
+    commands: [sh, -c, "touch /kubeci/never"]
+    dependency: [fails, succeeds]
+"#,
+    );
+    let name = run(&ns, &wf).await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("task-0 failed: step \"fails\" exited with code 3: cannot deploy: ready")
+    );
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    assert!(pods.get_opt(&format!("{name}-task-1")).await.unwrap().is_none(), "the next task never starts");
+    let cleanup = pods.get(&format!("{name}-cleanup")).await.unwrap();
+    assert_eq!(cleanup.status.unwrap().phase.as_deref(), Some("Succeeded"), "cleanup still ran");
+    assert!(!root.workspace(&ns.name, "breaks", &name).exists(), "and removed the workspace");
+}
+
+#[tokio::test]
+async fn a_running_step_can_be_followed_with_kubectl_logs() {
+    let ns = node_namespace("node-logs").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    // Ticks once a second until a file appears in its workspace (the test puts it there).
+    let wf = workflow(
+        &ns.name,
+        r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {name: ticks}
+spec:
+  steps:
+  - name: tick
+    image: alpine
+    commands: [sh, -c, "i=0; until [ -e /kubeci/stop ]; do i=$((i+1)); echo tick $i; sleep 1; done; echo stopped"]
+"#,
+    );
+    let name = run(&ns, &wf).await;
+    let pod = format!("{name}-task-0");
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let running = |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Running")
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(pods.clone(), &pod, running))
+        .await
+        .unwrap_or_else(|_| panic!("pod {pod} not Running after {TIMEOUT:?}; node logs in {}", logs()))
+        .unwrap();
+
+    // `kubectl logs -f` streams the step's output while it runs.
+    let mut follow = tokio::process::Command::from(e2e::TestEnv::get().kubectl())
+        .args(["logs", "-f", "-n", &ns.name, &pod, "-c", "tick"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the stream stays open while the step runs");
+        seen.push(line);
+    }
+    assert_eq!(seen, ["tick 1", "tick 2", "tick 3"]);
+    let phase = pods.get(&pod).await.unwrap().status.unwrap().phase;
+    assert_eq!(phase.as_deref(), Some("Running"), "the step is still running while its log streams");
+
+    // The workspace on the host is the one the step sees: a file put there ends it.
+    let workspace = root.workspace(&ns.name, "ticks", &name);
+    std::fs::write(workspace.join("stop"), b"").unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut rest = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            rest.push(line);
+        }
+        rest
+    })
+    .await
+    .expect("the log stream ends when the step ends");
+    assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+    let _ = follow.wait().await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+}

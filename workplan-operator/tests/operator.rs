@@ -1,0 +1,250 @@
+//! The workplan-operator against the real API server, with the test playing the workers: it
+//! claims and reports jobs through the same protocol functions the worker uses.
+
+use std::time::Duration;
+
+use e2e::{Component, TestEnv, TestNamespace, eventually};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use pretty_assertions::assert_eq;
+use shared_types::planner::workplan_for;
+use shared_types::protocol::{claim, report};
+use shared_types::{JobState, Phase, RequestState, TriggerEvent, Workflow, Workplan};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn operator(ns: &str) -> Component {
+    Component::start(
+        env!("CARGO_BIN_EXE_workplan-operator"),
+        ns,
+        &["--no-leader-election", "--worker-lease-namespace", ns],
+    )
+}
+
+/// The seed's Workplan (two tasks), created in `ns`.
+async fn seed_workplan(ns: &TestNamespace) -> Workplan {
+    let mut wf: Workflow =
+        serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+    wf.metadata.namespace = Some(ns.name.clone());
+    let workplan = workplan_for(&wf, TriggerEvent::manual(Some("1".into()))).unwrap();
+    Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &workplan)
+        .await
+        .unwrap()
+}
+
+/// Waits until the RequestState requests `job`, and returns it.
+async fn requested(ns: &TestNamespace, name: &str, job: &str) -> RequestState {
+    let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
+    let wanted = job.to_string();
+    let cond = move |r: Option<&RequestState>| {
+        r.is_some_and(|r| r.spec.job == wanted && r.spec.state == JobState::Requested)
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(api, name, cond))
+        .await
+        .unwrap_or_else(|_| panic!("{job} was not requested"))
+        .unwrap()
+        .unwrap()
+}
+
+/// A worker's Lease renewed now for `seconds`: the operator treats the worker as alive.
+async fn lease(ns: &TestNamespace, worker: &str, seconds: i32) {
+    let lease = Lease {
+        metadata: ObjectMeta { name: Some(worker.into()), ..ObjectMeta::default() },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(worker.into()),
+            lease_duration_seconds: Some(seconds),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..LeaseSpec::default()
+        }),
+    };
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    leases.patch(worker, &PatchParams::apply("e2e").force(), &Patch::Apply(&lease)).await.unwrap();
+}
+
+/// Plays a live worker: holds a Lease, claims `job` and reports `state`.
+async fn work(
+    ns: &TestNamespace,
+    name: &str,
+    job: &str,
+    worker: &str,
+    state: JobState,
+    message: Option<&str>,
+) {
+    lease(ns, worker, 300).await;
+    let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
+    let rqs = requested(ns, name, job).await;
+    let started = api
+        .replace(name, &PostParams::default(), &claim(&rqs, worker, Timestamp::now()).unwrap())
+        .await
+        .unwrap();
+    let done =
+        report(&started, worker, state, Some("node-a"), message.map(Into::into), Timestamp::now()).unwrap();
+    api.replace(name, &PostParams::default(), &done).await.unwrap();
+}
+
+async fn finished(ns: &TestNamespace, name: &str) -> Workplan {
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let cond = |wp: Option<&Workplan>| {
+        wp.and_then(|w| w.status.as_ref()).and_then(|s| s.phase).is_some_and(Phase::is_finished)
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(api, name, cond)).await.expect("finishes").unwrap().unwrap()
+}
+
+fn trail(rqs: &RequestState) -> Vec<(String, JobState)> {
+    rqs.status.as_ref().unwrap().history.iter().map(|e| (e.job.clone(), e.state)).collect()
+}
+
+fn full_run() -> Vec<(String, JobState)> {
+    ["task-0", "task-1", "cleanup"]
+        .iter()
+        .flat_map(|job| {
+            [JobState::Requested, JobState::Started, JobState::Completed].map(|s| (job.to_string(), s))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn walks_every_task_then_cleanup() {
+    let ns = TestEnv::get().namespace("operator-walk").await;
+    let _operator = operator(&ns.name);
+    let wp = seed_workplan(&ns).await;
+    let name = wp.metadata.name.clone().unwrap();
+
+    work(&ns, &name, "task-0", "worker-a", JobState::Completed, None).await;
+    // task-1 is requested, and the Workplan knows the node task-0 ran on.
+    requested(&ns, &name, "task-1").await;
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let on_node = |w: Option<&Workplan>| {
+        w.and_then(|w| w.status.as_ref())
+            .is_some_and(|s| s.node_name.as_deref() == Some("node-a") && s.task_index == Some(1))
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(api, &name, on_node)).await.unwrap().unwrap();
+    work(&ns, &name, "task-1", "worker-b", JobState::Completed, None).await;
+    work(&ns, &name, "cleanup", "worker-a", JobState::Completed, None).await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed));
+    assert_eq!(status.reason.as_deref(), Some("all 2 tasks succeeded"));
+    assert_eq!((status.progress.as_deref(), status.node_name.as_deref()), (Some("2/2"), Some("node-a")));
+    assert!(status.start_time.is_some() && status.completion_time.is_some() && status.duration.is_some());
+    let rqs = Api::<RequestState>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap();
+    assert_eq!(trail(&rqs), full_run());
+    assert_eq!(rqs.spec.request_uid, wp.metadata.uid.unwrap());
+    assert_eq!(rqs.metadata.owner_references.unwrap()[0].kind, "Workplan");
+}
+
+#[tokio::test]
+async fn a_failed_task_skips_the_rest_and_still_cleans_up() {
+    let ns = TestEnv::get().namespace("operator-failure").await;
+    let _operator = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    work(
+        &ns,
+        &name,
+        "task-0",
+        "worker-a",
+        JobState::Failed,
+        Some("step \"step-2\" exited with code 3: boom"),
+    )
+    .await;
+    work(&ns, &name, "cleanup", "worker-a", JobState::Completed, None).await;
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(status.reason.as_deref(), Some("task-0 failed: step \"step-2\" exited with code 3: boom"));
+    let rqs = Api::<RequestState>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap();
+    assert!(trail(&rqs).iter().all(|(job, _)| job != "task-1"), "task-1 never starts: {:?}", trail(&rqs));
+}
+
+#[tokio::test]
+async fn a_lost_workers_job_is_requested_again() {
+    let ns = TestEnv::get().namespace("operator-lost-worker").await;
+    let _operator = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
+
+    // A live worker (fresh Lease) keeps its job.
+    lease(&ns, "worker-live", 30).await;
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    let rqs = requested(&ns, &name, "task-0").await;
+    api.replace(&name, &PostParams::default(), &claim(&rqs, "worker-live", Timestamp::now()).unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // bounded: a wrong re-request would come at once
+    assert_eq!(api.get(&name).await.unwrap().spec.state, JobState::Started, "a live worker keeps its job");
+
+    // A worker whose Lease is gone (it stopped and released it) loses its job.
+    // Its Lease is still valid for ~28 s: the deletion itself must trigger the re-request.
+    leases.delete("worker-live", &Default::default()).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), requested(&ns, &name, "task-0"))
+        .await
+        .expect("re-requested as soon as the Lease is gone, not at its expiry");
+    let last = again.status.unwrap().history.pop().unwrap();
+    assert_eq!(last.message.as_deref(), Some("worker worker-live lost: its lease expired"));
+}
+
+#[tokio::test]
+async fn a_restart_mid_run_duplicates_nothing() {
+    let ns = TestEnv::get().namespace("operator-restart").await;
+    let operator_process = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    requested(&ns, &name, "task-0").await;
+    operator_process.kill();
+
+    // task-0 finishes while the operator is down.
+    work(&ns, &name, "task-0", "worker-a", JobState::Completed, None).await;
+    let _operator = operator(&ns.name);
+    work(&ns, &name, "task-1", "worker-a", JobState::Completed, None).await;
+    work(&ns, &name, "cleanup", "worker-a", JobState::Completed, None).await;
+    assert_eq!(finished(&ns, &name).await.status.unwrap().phase, Some(Phase::Completed));
+    let rqs = Api::<RequestState>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap();
+    assert_eq!(trail(&rqs), full_run(), "every transition exactly once");
+}
+
+#[tokio::test]
+async fn many_workplans_all_complete() {
+    let ns = TestEnv::get().namespace("operator-many").await;
+    let _operator = operator(&ns.name);
+    let mut names = Vec::new();
+    for i in 0..10 {
+        let mut wf: Workflow =
+            serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+        wf.metadata.namespace = Some(ns.name.clone());
+        let wp = workplan_for(&wf, TriggerEvent::manual(Some(i.to_string()))).unwrap();
+        let created = Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
+            .create(&PostParams::default(), &wp)
+            .await
+            .unwrap();
+        names.push(created.metadata.name.unwrap());
+    }
+    for job in ["task-0", "task-1", "cleanup"] {
+        for name in &names {
+            work(&ns, name, job, "worker-a", JobState::Completed, None).await;
+        }
+    }
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually("every Workplan Completed", TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let list = api.list(&Default::default()).await.unwrap().items;
+            list.iter()
+                .all(|w| w.status.as_ref().and_then(|s| s.phase) == Some(Phase::Completed))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// `/readyz` turns 200 once the Workplan cache has synced, with nothing to list too.
+#[tokio::test]
+async fn ready_once_synced_in_an_empty_namespace() {
+    let ns = e2e::TestEnv::get().namespace("operator-ready").await;
+    let operator = operator(&ns.name);
+    e2e::eventually("the operator reports ready", std::time::Duration::from_secs(60), || async {
+        operator.is_ready().await.then_some(())
+    })
+    .await;
+}
