@@ -26,8 +26,7 @@ fn workflow(ns: &str, name: &str, yaml_spec: &str) -> Workflow {
 }
 
 fn seed(ns: &str) -> Workflow {
-    let mut wf: Workflow =
-        serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+    let mut wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
     wf.metadata.namespace = Some(ns.to_string());
     wf.spec.triggers[0].namespace = Some(ns.to_string());
     wf.status = None;

@@ -9,7 +9,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use pretty_assertions::assert_eq;
 use shared_types::planner::workplan_for;
 use shared_types::{
-    JobState, Phase, RequestState, RequestStateSpec, TriggerEvent, Workflow, Workplan, WorkplanStatus,
+    Job, JobState, Phase, RequestState, RequestStateSpec, TriggerEvent, Workflow, Workplan, WorkplanStatus,
 };
 
 const SEED: &str = shared_types::repo::SEED_WORKFLOW;
@@ -155,19 +155,29 @@ async fn workplan_specs_are_immutable() {
 async fn request_state_rules() {
     let ns = namespace("request-state-rules").await;
     let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
-    let spec = |job: &str| RequestStateSpec {
+    let spec = || RequestStateSpec {
         request_uid: "uid-1".into(),
-        job: job.into(),
+        job: Job::Task(0),
         state: JobState::Requested,
         worker: None,
     };
-    match api.create(&PostParams::default(), &RequestState::new("bad-job", spec("task-x"))).await {
+    // The typed Job cannot hold a bad name: send the raw object, as another client could.
+    let bad = serde_json::json!({
+        "apiVersion": "kube.ci/v1alpha1", "kind": "RequestState", "metadata": {"name": "bad-job"},
+        "spec": {"request-uid": "uid-1", "job": "task-x", "state": "REQUESTED"},
+    });
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kube::api::ApiResource::erase::<RequestState>(&()),
+    );
+    match raw.create(&PostParams::default(), &serde_json::from_value(bad).unwrap()).await {
         Err(kube::Error::Api(status)) => {
             assert!(status.message.contains("job must be task-<i> or cleanup"), "{}", status.message)
         }
         other => panic!("a bad job name must be rejected, got {other:?}"),
     }
-    let created = api.create(&PostParams::default(), &RequestState::new("ok", spec("task-0"))).await.unwrap();
+    let created = api.create(&PostParams::default(), &RequestState::new("ok", spec())).await.unwrap();
     let mut moved = created.clone();
     moved.spec.request_uid = "uid-2".into();
     match api.replace("ok", &PostParams::default(), &moved).await {
@@ -182,7 +192,7 @@ async fn request_state_rules() {
     started.spec.worker = Some("worker-a".into());
     started.status = Some(shared_types::RequestStateStatus {
         history: vec![shared_types::HistoryEntry {
-            job: "task-0".into(),
+            job: Job::Task(0),
             state: JobState::Started,
             timestamp: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::now(),
@@ -225,7 +235,7 @@ async fn kubectl_shows_printer_columns_and_field_docs() {
     let requests: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
     let spec = RequestStateSpec {
         request_uid: workplan.metadata.uid.clone().unwrap(),
-        job: "task-1".into(),
+        job: Job::Task(1),
         state: JobState::Started,
         worker: Some("worker-7".into()),
     };

@@ -71,7 +71,13 @@ async fn request_state(ns: &TestNamespace, name: &str) -> RequestState {
 
 /// (job, state, worker) of every history entry.
 fn trail(rqs: &RequestState) -> Vec<(String, JobState, Option<String>)> {
-    rqs.status.as_ref().unwrap().history.iter().map(|e| (e.job.clone(), e.state, e.worker.clone())).collect()
+    rqs.status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .map(|e| (e.job.to_string(), e.state, e.worker.clone()))
+        .collect()
 }
 
 /// Every (job, state) exactly once: no transition duplicated or lost.

@@ -7,9 +7,11 @@
 //! - [`Shutdown`]: one SIGTERM/SIGINT fan-out that every component listens to;
 //! - [`admin`]: the axum admin server with `/livez`, `/readyz` and `/metrics`;
 //! - [`leader`]: leader election through a `coordination.k8s.io` Lease (kube-lease-manager);
-//! - [`Process`]: the life of a process around them (start, lead, run, release, drain).
+//! - [`Process`]: the life of a process around them (start, lead, run, release, drain);
+//! - [`kit`]: the controller kit (metrics, Events, back-off, namespaced-or-all `Api`, discovery).
 
 pub mod admin;
+pub mod kit;
 pub mod leader;
 pub mod process;
 

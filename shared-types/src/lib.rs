@@ -18,6 +18,6 @@ pub mod workflow;
 pub mod workplan;
 
 pub use planner::{Invalid, Limits, Problem};
-pub use request_state::{HistoryEntry, JobState, RequestState, RequestStateSpec, RequestStateStatus};
+pub use request_state::{HistoryEntry, Job, JobState, RequestState, RequestStateSpec, RequestStateStatus};
 pub use workflow::{ObservedObject, Step, Trigger, Workflow, WorkflowSpec, WorkflowStatus, WorkplanCounts};
 pub use workplan::{EventKind, Phase, Task, TriggerEvent, Workplan, WorkplanSpec, WorkplanStatus};

@@ -1,61 +1,22 @@
 //! The hand-off protocol of DESIGN.md §5 as pure functions over a `RequestState`.
 //!
-//! The workplan-operator asks [`next_step`] what to do for a Workplan; workers move a job with
+//! The workplan-operator asks [`next`] what to do for a Workplan; workers move a job with
 //! [`claim`] and [`report`]. Every transition returns the whole new RequestState: the state change
 //! (spec) and its history entry (status) are one object, written in one update guarded by the
 //! resourceVersion it was read at, so two writers can never both succeed and no entry is lost.
 
-use std::fmt;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::request_state::{HistoryEntry, JobState, RequestState, RequestStateStatus};
+pub use crate::request_state::{CLEANUP, Job};
+use crate::request_state::{HistoryEntry, JobState, RequestState, RequestStateSpec, RequestStateStatus};
 use crate::workplan::Phase;
-
-/// The job name of the workspace cleanup, requested after the last task or after a failure.
-pub const CLEANUP: &str = "cleanup";
-
-/// A job of a Workplan: one of its tasks, or the cleanup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Job {
-    /// Task `i` (0-based).
-    Task(usize),
-    /// Removing the workspace directory.
-    Cleanup,
-}
-
-impl Job {
-    /// Reads `task-<i>` or `cleanup`.
-    pub fn parse(job: &str) -> Option<Job> {
-        if job == CLEANUP {
-            return Some(Job::Cleanup);
-        }
-        let index = job.strip_prefix("task-")?;
-        // The CRD's pattern: no sign, no leading zeros.
-        if index.is_empty()
-            || (index.len() > 1 && index.starts_with('0'))
-            || !index.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
-        index.parse().ok().map(Job::Task)
-    }
-}
-
-impl fmt::Display for Job {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Job::Task(i) => write!(f, "task-{i}"),
-            Job::Cleanup => f.write_str(CLEANUP),
-        }
-    }
-}
+use crate::workplan::Workplan;
 
 /// What the workplan-operator does next for a Workplan of `tasks` tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Create the RequestState requesting `task-0`.
+pub enum Next {
+    /// Create the RequestState requesting `task-0` ([`first_request`]).
     Create,
     /// Request `job` (with a history message, such as why a job is requested again).
     Request { job: Job, message: Option<String> },
@@ -70,30 +31,28 @@ pub enum Step {
 /// protocol. The operator reports it on the Workplan instead of guessing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("RequestState job {0:?} is neither task-<i> nor cleanup")]
-    BadJob(String),
     #[error("RequestState job {job} is past the Workplan's last task (it has {tasks})")]
-    NoSuchTask { job: String, tasks: usize },
+    NoSuchTask { job: Job, tasks: usize },
 }
 
 /// The operator's decision. `worker_alive` tells whether a worker's Lease is still held.
-pub fn next_step(
+pub fn next(
     tasks: usize,
     request: Option<&RequestState>,
     worker_alive: impl Fn(&str) -> bool,
-) -> Result<Step, ProtocolError> {
-    let Some(request) = request else { return Ok(Step::Create) };
-    let job = Job::parse(&request.spec.job).ok_or_else(|| ProtocolError::BadJob(request.spec.job.clone()))?;
+) -> Result<Next, ProtocolError> {
+    let Some(request) = request else { return Ok(Next::Create) };
+    let job = request.spec.job;
     if let Job::Task(i) = job
         && i >= tasks
     {
-        return Err(ProtocolError::NoSuchTask { job: request.spec.job.clone(), tasks });
+        return Err(ProtocolError::NoSuchTask { job, tasks });
     }
     Ok(match (job, request.spec.state) {
-        (_, JobState::Requested) => Step::Wait,
+        (_, JobState::Requested) => Next::Wait,
         (_, JobState::Started) => match &request.spec.worker {
-            Some(worker) if worker_alive(worker) => Step::Wait,
-            worker => Step::Request {
+            Some(worker) if worker_alive(worker) => Next::Wait,
+            worker => Next::Request {
                 job,
                 message: Some(format!(
                     "worker {} lost: its lease expired",
@@ -102,10 +61,10 @@ pub fn next_step(
             },
         },
         (Job::Task(i), JobState::Completed) if i + 1 < tasks => {
-            Step::Request { job: Job::Task(i + 1), message: None }
+            Next::Request { job: Job::Task(i + 1), message: None }
         }
         (Job::Task(_), JobState::Completed) | (Job::Task(_), JobState::Failed) => {
-            Step::Request { job: Job::Cleanup, message: None }
+            Next::Request { job: Job::Cleanup, message: None }
         }
         (Job::Cleanup, state) => {
             let (phase, mut reason) = match failure(request) {
@@ -116,7 +75,7 @@ pub fn next_step(
                 let why = last_message(request, Job::Cleanup).unwrap_or_else(|| "no reason given".into());
                 reason.push_str(&format!("; cleanup failed, the workspace may remain on the node: {why}"));
             }
-            Step::Finish { phase, reason }
+            Next::Finish { phase, reason }
         }
     })
 }
@@ -126,7 +85,7 @@ pub fn next_step(
 pub fn failure(request: &RequestState) -> Option<String> {
     history(request)
         .iter()
-        .find(|e| e.state == JobState::Failed && e.job != CLEANUP)
+        .find(|e| e.state == JobState::Failed && e.job != Job::Cleanup)
         .map(|e| format!("{} failed: {}", e.job, e.message.as_deref().unwrap_or("no reason given")))
 }
 
@@ -135,31 +94,46 @@ pub fn node(request: &RequestState) -> Option<String> {
     history(request).iter().find_map(|e| e.node_name.clone())
 }
 
+/// The RequestState of a new Workplan, requesting `task-0`: same name and namespace, owned by
+/// the Workplan (garbage collection), `request-uid` its uid.
+pub fn first_request(workplan: &Workplan, now: Timestamp) -> RequestState {
+    use kube::{Resource, ResourceExt};
+    let mut fresh = RequestState::new(
+        &workplan.name_any(),
+        RequestStateSpec {
+            request_uid: workplan.metadata.uid.clone().unwrap_or_default(),
+            job: Job::Task(0),
+            state: JobState::Requested,
+            worker: None,
+        },
+    );
+    fresh.metadata.namespace = workplan.namespace();
+    fresh.metadata.owner_references = workplan.controller_owner_ref(&()).map(|o| vec![o]);
+    request(&fresh, Job::Task(0), None, now)
+}
+
 /// The operator's request of `job`: a new RequestState to write with the resourceVersion of
-/// `request`. For a new RequestState (`task-0`), pass the freshly built object.
+/// `request`.
 pub fn request(request: &RequestState, job: Job, message: Option<String>, now: Timestamp) -> RequestState {
-    transition(request, &job.to_string(), JobState::Requested, None, None, message, now)
+    transition(request, job, JobState::Requested, None, None, message, now)
 }
 
 /// Why a worker cannot make a transition.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     #[error("job {job} is {state:?}, not REQUESTED: another worker claimed it, or it moved on")]
-    NotRequested { job: String, state: JobState },
+    NotRequested { job: Job, state: JobState },
     #[error("job {job} is claimed by {owner:?}, not by {worker}")]
-    NotOwner { job: String, owner: Option<String>, worker: String },
+    NotOwner { job: Job, owner: Option<String>, worker: String },
 }
 
 /// A worker's claim: REQUESTED → STARTED with itself as the worker. Written with the
 /// resourceVersion it read, a claim that loses the race gets a conflict.
 pub fn claim(request: &RequestState, worker: &str, now: Timestamp) -> Result<RequestState, TransitionError> {
     if request.spec.state != JobState::Requested {
-        return Err(TransitionError::NotRequested {
-            job: request.spec.job.clone(),
-            state: request.spec.state,
-        });
+        return Err(TransitionError::NotRequested { job: request.spec.job, state: request.spec.state });
     }
-    Ok(transition(request, &request.spec.job, JobState::Started, Some(worker), None, None, now))
+    Ok(transition(request, request.spec.job, JobState::Started, Some(worker), None, None, now))
 }
 
 /// A worker's report of how its job ended: STARTED → COMPLETED or FAILED, with the node the
@@ -174,17 +148,17 @@ pub fn report(
 ) -> Result<RequestState, TransitionError> {
     if request.spec.state != JobState::Started || request.spec.worker.as_deref() != Some(worker) {
         return Err(TransitionError::NotOwner {
-            job: request.spec.job.clone(),
+            job: request.spec.job,
             owner: request.spec.worker.clone(),
             worker: worker.to_string(),
         });
     }
-    Ok(transition(request, &request.spec.job, state, Some(worker), node, message, now))
+    Ok(transition(request, request.spec.job, state, Some(worker), node, message, now))
 }
 
 fn transition(
     request: &RequestState,
-    job: &str,
+    job: Job,
     state: JobState,
     worker: Option<&str>,
     node: Option<&str>,
@@ -192,12 +166,12 @@ fn transition(
     now: Timestamp,
 ) -> RequestState {
     let mut next = request.clone();
-    next.spec.job = job.to_string();
+    next.spec.job = job;
     next.spec.state = state;
     next.spec.worker = worker.map(str::to_string);
     let status = next.status.get_or_insert_with(RequestStateStatus::default);
     status.history.push(HistoryEntry {
-        job: job.to_string(),
+        job,
         state,
         timestamp: Time(now),
         worker: worker.map(str::to_string),
@@ -212,7 +186,6 @@ fn history(request: &RequestState) -> &[HistoryEntry] {
 }
 
 fn last_message(request: &RequestState, job: Job) -> Option<String> {
-    let job = job.to_string();
     history(request).iter().rev().find(|e| e.job == job).and_then(|e| e.message.clone())
 }
 
@@ -231,7 +204,7 @@ mod tests {
             "wp",
             RequestStateSpec {
                 request_uid: "wp-uid".into(),
-                job: "task-0".into(),
+                job: Job::Task(0),
                 state: JobState::Requested,
                 worker: None,
             },
@@ -249,7 +222,7 @@ mod tests {
     }
 
     fn trail(rqs: &RequestState) -> Vec<(String, JobState, Option<String>)> {
-        history(rqs).iter().map(|e| (e.job.clone(), e.state, e.worker.clone())).collect()
+        history(rqs).iter().map(|e| (e.job.to_string(), e.state, e.worker.clone())).collect()
     }
 
     #[test]
@@ -265,19 +238,19 @@ mod tests {
 
     #[test]
     fn a_two_task_run_walks_task_0_task_1_cleanup() {
-        assert_eq!(next_step(2, None, alive), Ok(Step::Create));
+        assert_eq!(next(2, None, alive), Ok(Next::Create));
         let rqs = new_request();
-        assert_eq!(next_step(2, Some(&rqs), alive), Ok(Step::Wait));
+        assert_eq!(next(2, Some(&rqs), alive), Ok(Next::Wait));
         let rqs = run(&rqs, "w1", JobState::Completed, None);
-        assert_eq!(next_step(2, Some(&rqs), alive), Ok(Step::Request { job: Job::Task(1), message: None }));
+        assert_eq!(next(2, Some(&rqs), alive), Ok(Next::Request { job: Job::Task(1), message: None }));
         let rqs = request(&rqs, Job::Task(1), None, now());
         let rqs = run(&rqs, "w2", JobState::Completed, None);
-        assert_eq!(next_step(2, Some(&rqs), alive), Ok(Step::Request { job: Job::Cleanup, message: None }));
+        assert_eq!(next(2, Some(&rqs), alive), Ok(Next::Request { job: Job::Cleanup, message: None }));
         let rqs = request(&rqs, Job::Cleanup, None, now());
         let rqs = run(&rqs, "w1", JobState::Completed, None);
         assert_eq!(
-            next_step(2, Some(&rqs), alive),
-            Ok(Step::Finish { phase: Phase::Completed, reason: "all 2 tasks succeeded".into() })
+            next(2, Some(&rqs), alive),
+            Ok(Next::Finish { phase: Phase::Completed, reason: "all 2 tasks succeeded".into() })
         );
         let w = |w: &str| Some(w.to_string());
         assert_eq!(
@@ -305,11 +278,11 @@ mod tests {
             JobState::Failed,
             Some("step \"build\" exited with code 2: make: *** no rule"),
         );
-        assert_eq!(next_step(3, Some(&rqs), alive), Ok(Step::Request { job: Job::Cleanup, message: None }));
+        assert_eq!(next(3, Some(&rqs), alive), Ok(Next::Request { job: Job::Cleanup, message: None }));
         let rqs = run(&request(&rqs, Job::Cleanup, None, now()), "w1", JobState::Completed, None);
         assert_eq!(
-            next_step(3, Some(&rqs), alive),
-            Ok(Step::Finish {
+            next(3, Some(&rqs), alive),
+            Ok(Next::Finish {
                 phase: Phase::Failed,
                 reason: "task-0 failed: step \"build\" exited with code 2: make: *** no rule".into()
             })
@@ -326,8 +299,8 @@ mod tests {
             Some("pod could not be scheduled"),
         );
         assert_eq!(
-            next_step(1, Some(&rqs), alive),
-            Ok(Step::Finish {
+            next(1, Some(&rqs), alive),
+            Ok(Next::Finish {
                 phase: Phase::Completed,
                 reason: "all 1 tasks succeeded; cleanup failed, the workspace may remain on the node: pod could not be scheduled".into()
             })
@@ -338,13 +311,13 @@ mod tests {
     fn a_lost_worker_gets_its_job_requested_again() {
         let started = claim(&new_request(), "w1", now()).unwrap();
         assert_eq!(
-            next_step(1, Some(&started), |w| w != "w1"),
-            Ok(Step::Request {
+            next(1, Some(&started), |w| w != "w1"),
+            Ok(Next::Request {
                 job: Job::Task(0),
                 message: Some("worker w1 lost: its lease expired".into())
             })
         );
-        assert_eq!(next_step(1, Some(&started), alive), Ok(Step::Wait));
+        assert_eq!(next(1, Some(&started), alive), Ok(Next::Wait));
         // Another worker then claims it; the history tells the whole story.
         let again = request(&started, Job::Task(0), Some("worker w1 lost: its lease expired".into()), now());
         let done = run(&again, "w2", JobState::Completed, None);
@@ -370,12 +343,14 @@ mod tests {
     #[test]
     fn malformed_request_states_are_errors_not_guesses() {
         let mut rqs = new_request();
-        rqs.spec.job = "deploy".into();
-        assert_eq!(next_step(2, Some(&rqs), alive), Err(ProtocolError::BadJob("deploy".into())));
-        rqs.spec.job = "task-5".into();
+        rqs.spec.job = Job::Task(5);
         assert_eq!(
-            next_step(2, Some(&rqs), alive),
-            Err(ProtocolError::NoSuchTask { job: "task-5".into(), tasks: 2 })
+            next(2, Some(&rqs), alive),
+            Err(ProtocolError::NoSuchTask { job: Job::Task(5), tasks: 2 })
         );
+        // A job that is neither never reaches the protocol: it fails at deserialization.
+        let json = serde_json::json!({"request-uid": "u", "job": "deploy", "state": "REQUESTED"});
+        let error = serde_json::from_value::<RequestStateSpec>(json).unwrap_err();
+        assert_eq!(error.to_string(), "job \"deploy\" is neither task-<i> nor cleanup");
     }
 }

@@ -5,6 +5,9 @@
 //! its history entry (`status.history`) must land in one atomic write, and with a status
 //! subresource they would need two writes, one of which can be lost.
 
+use std::fmt;
+use std::str::FromStr;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -50,7 +53,8 @@ pub struct RequestStateSpec {
 
     /// The job requested: `task-<i>` for the i-th task (0-based), or `cleanup`.
     #[x_kube(validation = Rule::new("self == 'cleanup' || self.matches('^task-(0|[1-9][0-9]*)$')").message("job must be task-<i> or cleanup"))]
-    pub job: String,
+    #[schemars(with = "String")]
+    pub job: Job,
 
     /// Where the job stands: REQUESTED, STARTED, COMPLETED or FAILED.
     pub state: JobState,
@@ -91,7 +95,8 @@ pub struct RequestStateStatus {
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     /// The job the transition is about.
-    pub job: String,
+    #[schemars(with = "String")]
+    pub job: Job,
 
     /// The state it entered.
     pub state: JobState,
@@ -110,4 +115,87 @@ pub struct HistoryEntry {
     /// Details: the failing step with its exit code and message, or why a job was re-requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The job name of the workspace cleanup, requested after the last task or after a failure.
+pub const CLEANUP: &str = "cleanup";
+
+/// A job of a Workplan: one of its tasks, or the cleanup. On the wire it is `task-<i>` or
+/// `cleanup` (the CRD's pattern); anything else fails at deserialization, so code never sees a
+/// job it would have to guess about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Job {
+    /// Task `i` (0-based).
+    Task(usize),
+    /// Removing the workspace directory.
+    Cleanup,
+}
+
+impl Job {
+    /// Reads `task-<i>` or `cleanup`, exactly as the CRD's pattern allows (no sign, no leading
+    /// zeros).
+    pub fn parse(job: &str) -> Option<Job> {
+        if job == CLEANUP {
+            return Some(Job::Cleanup);
+        }
+        let index = job.strip_prefix("task-")?;
+        if index.is_empty()
+            || (index.len() > 1 && index.starts_with('0'))
+            || !index.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        index.parse().ok().map(Job::Task)
+    }
+
+    /// The task's index, `None` for the cleanup.
+    pub fn task(self) -> Option<usize> {
+        match self {
+            Job::Task(i) => Some(i),
+            Job::Cleanup => None,
+        }
+    }
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Job::Task(i) => write!(f, "task-{i}"),
+            Job::Cleanup => f.write_str(CLEANUP),
+        }
+    }
+}
+
+/// Why a job name was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("job {0:?} is neither task-<i> nor cleanup")]
+pub struct BadJob(pub String);
+
+impl FromStr for Job {
+    type Err = BadJob;
+
+    fn from_str(job: &str) -> Result<Job, BadJob> {
+        Job::parse(job).ok_or_else(|| BadJob(job.to_string()))
+    }
+}
+
+impl TryFrom<String> for Job {
+    type Error = BadJob;
+
+    fn try_from(job: String) -> Result<Job, BadJob> {
+        job.parse()
+    }
+}
+
+impl From<Job> for String {
+    fn from(job: Job) -> String {
+        job.to_string()
+    }
+}
+
+impl PartialEq<&str> for Job {
+    fn eq(&self, other: &&str) -> bool {
+        Job::parse(other) == Some(*self)
+    }
 }

@@ -108,7 +108,7 @@ pub fn claim_latency(rqs: &RequestState, now: Timestamp) -> Option<f64> {
 /// Whether the worker `identity` may still report on `job`: the job is the RequestState's
 /// current one, STARTED, and claimed by this worker. When the workplan-operator re-requested it
 /// (this worker's lease had expired), another worker owns it now and the result is dropped.
-pub fn owns(rqs: &RequestState, identity: &str, job: &str) -> bool {
+pub fn owns(rqs: &RequestState, identity: &str, job: Job) -> bool {
     rqs.spec.job == job && rqs.spec.state == JobState::Started && rqs.spec.worker.as_deref() == Some(identity)
 }
 
@@ -286,7 +286,7 @@ mod tests {
             name,
             RequestStateSpec {
                 request_uid: "uid".into(),
-                job: "task-0".into(),
+                job: Job::Task(0),
                 state: JobState::Requested,
                 worker: None,
             },
@@ -370,14 +370,14 @@ mod tests {
     #[test]
     fn only_the_current_owner_of_the_same_job_reports() {
         let started = protocol::claim(&requested("a", 0), "w1", at(1)).unwrap();
-        assert!(owns(&started, "w1", "task-0"));
-        assert!(!owns(&started, "w2", "task-0"));
-        assert!(!owns(&started, "w1", "task-1"));
+        assert!(owns(&started, "w1", Job::Task(0)));
+        assert!(!owns(&started, "w2", Job::Task(0)));
+        assert!(!owns(&started, "w1", Job::Task(1)));
         // Re-requested because w1's lease expired, then claimed by w2.
         let again = protocol::request(&started, Job::Task(0), Some("worker w1 lost".into()), at(30));
-        assert!(!owns(&again, "w1", "task-0"));
+        assert!(!owns(&again, "w1", Job::Task(0)));
         let theirs = protocol::claim(&again, "w2", at(31)).unwrap();
-        assert!(!owns(&theirs, "w1", "task-0"));
+        assert!(!owns(&theirs, "w1", Job::Task(0)));
     }
 
     #[test]

@@ -82,12 +82,12 @@ pub async fn take_up(ctx: Arc<Context>, work: Work, rqs: RequestState) -> Vec<St
             Taken::Failed => return Vec::new(),
         };
         superseded.push(started.resource_version().unwrap_or_default());
-        let job = started.spec.job.clone();
+        let job = started.spec.job;
         let begun = Instant::now();
         let in_flight = InFlight::start(&ctx.metrics.jobs_in_flight);
         let finish = async {
             let outcome = run(&ctx, &key, &started).await;
-            report(&ctx, &api, &key, &job, outcome).await
+            report(&ctx, &api, &key, job, outcome).await
         };
         let finished = tokio::select! {
             reported = finish => Some(reported),
@@ -160,7 +160,7 @@ async fn claim(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &RequestS
 /// A job STARTED by this identity before this process: still ours if a fresh read says so.
 async fn resume(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &RequestState) -> Taken {
     match api.get_opt(&key.name).await {
-        Ok(Some(current)) if decide::owns(&current, &ctx.identity, &rqs.spec.job) => {
+        Ok(Some(current)) if decide::owns(&current, &ctx.identity, rqs.spec.job) => {
             tracing::info!("resuming a job this worker's identity had started");
             Taken::Started(Box::new(current))
         }
@@ -180,9 +180,7 @@ async fn resume(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &Request
 
 /// Runs the job of `rqs` to its outcome.
 async fn run(ctx: &Context, key: &Key, rqs: &RequestState) -> Outcome {
-    let Some(job) = Job::parse(&rqs.spec.job) else {
-        return Outcome::failed(None, format!("job {:?} is neither task-<i> nor cleanup", rqs.spec.job));
-    };
+    let job = rqs.spec.job;
     let workplans: Api<Workplan> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let mut backoff = Backoff::new();
     let workplan = loop {
@@ -344,7 +342,7 @@ async fn report(
     ctx: &Context,
     api: &Api<RequestState>,
     key: &Key,
-    job: &str,
+    job: Job,
     outcome: Outcome,
 ) -> Option<(Outcome, String)> {
     let mut backoff = Backoff::new();

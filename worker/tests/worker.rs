@@ -22,7 +22,7 @@ fn trail(rqs: &RequestState) -> Vec<(String, JobState, Option<String>, Option<St
     rqs.status
         .iter()
         .flat_map(|s| &s.history)
-        .map(|e| (e.job.clone(), e.state, e.worker.clone(), e.node_name.clone()))
+        .map(|e| (e.job.to_string(), e.state, e.worker.clone(), e.node_name.clone()))
         .collect()
 }
 

@@ -10,8 +10,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use shared_types::protocol::{self, Job, Step};
-use shared_types::{JobState, Phase, RequestState, RequestStateSpec, Workplan};
+use shared_types::protocol::{self, Next};
+use shared_types::{JobState, Phase, RequestState, Workplan};
 
 use crate::metrics::Metrics;
 use crate::status;
@@ -87,26 +87,15 @@ async fn reconcile_inner(workplan: &Workplan, ctx: &Context) -> Result<Action, E
 
     let mut finish = None;
     let mut written = None;
-    let action = match protocol::next_step(workplan.spec.tasks.len(), request.as_ref(), alive) {
+    let action = match protocol::next(workplan.spec.tasks.len(), request.as_ref(), alive) {
         Err(problem) => {
             let reason = format!("the RequestState cannot be followed: {problem}");
             publish(ctx, workplan, EventType::Warning, "ProtocolError", &reason).await;
             finish = Some((Phase::Failed, reason));
             Action::await_change()
         }
-        Ok(Step::Create) => {
-            let mut fresh = RequestState::new(
-                &name,
-                RequestStateSpec {
-                    request_uid: workplan.metadata.uid.clone().unwrap_or_default(),
-                    job: Job::Task(0).to_string(),
-                    state: JobState::Requested,
-                    worker: None,
-                },
-            );
-            fresh.metadata.namespace = Some(namespace.clone());
-            fresh.metadata.owner_references = workplan.controller_owner_ref(&()).map(|o| vec![o]);
-            let fresh = protocol::request(&fresh, Job::Task(0), None, now);
+        Ok(Next::Create) => {
+            let fresh = protocol::first_request(workplan, now);
             match requests.create(&PostParams::default(), &fresh).await {
                 Ok(created) => {
                     ctx.metrics.requests.inc();
@@ -118,7 +107,7 @@ async fn reconcile_inner(workplan: &Workplan, ctx: &Context) -> Result<Action, E
             }
             Action::await_change()
         }
-        Ok(Step::Request { job, message }) => {
+        Ok(Next::Request { job, message }) => {
             let current = request.as_ref().expect("a request follows an existing RequestState");
             let next = protocol::request(current, job, message.clone(), now);
             match requests.replace(&name, &PostParams::default(), &next).await {
@@ -143,14 +132,14 @@ async fn reconcile_inner(workplan: &Workplan, ctx: &Context) -> Result<Action, E
             }
             Action::await_change()
         }
-        Ok(Step::Wait) => match lease_expiry {
+        Ok(Next::Wait) => match lease_expiry {
             // A started job: look again when its worker's lease would expire.
             Some(expiry) => Action::requeue(
                 Duration::try_from(expiry.duration_since(now)).unwrap_or_default() + Duration::from_secs(1),
             ),
             None => Action::await_change(),
         },
-        Ok(Step::Finish { phase, reason }) => {
+        Ok(Next::Finish { phase, reason }) => {
             let (type_, reason_name) = match phase {
                 Phase::Failed => (EventType::Warning, "Failed"),
                 _ => (EventType::Normal, "Completed"),

@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use shared_types::protocol::{self, Job};
+use shared_types::protocol;
 use shared_types::{Phase, RequestState, Workplan, WorkplanStatus};
 
 /// The status of `workplan` given its RequestState and, once cleanup was attempted, the final
@@ -19,10 +19,7 @@ pub fn derive(
     let history = request.and_then(|r| r.status.as_ref()).map(|s| s.history.as_slice()).unwrap_or_default();
 
     // The task being run: the current job, or for the cleanup the last task that ran.
-    let task_index = history.iter().rev().find_map(|e| match Job::parse(&e.job) {
-        Some(Job::Task(i)) => Some(i),
-        _ => None,
-    });
+    let task_index = history.iter().rev().find_map(|e| e.job.task());
     let (phase, reason) = match (&finish, request) {
         (Some((phase, reason)), _) => (*phase, Some(reason.clone())),
         (None, None) => (Phase::Pending, None),
@@ -101,15 +98,14 @@ mod tests {
     use pretty_assertions::assert_eq;
     use shared_types::planner::workplan_for;
     use shared_types::protocol::{claim, report, request};
-    use shared_types::{JobState, RequestStateSpec, TriggerEvent, Workflow};
+    use shared_types::{Job, JobState, RequestStateSpec, TriggerEvent, Workflow};
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + second).unwrap()
     }
 
     fn seed_workplan() -> Workplan {
-        let wf: Workflow =
-            serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+        let wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
         workplan_for(&wf, TriggerEvent::manual(None)).unwrap()
     }
 
@@ -118,7 +114,7 @@ mod tests {
             "wp",
             RequestStateSpec {
                 request_uid: "u".into(),
-                job: "task-0".into(),
+                job: Job::Task(0),
                 state: JobState::Requested,
                 worker: None,
             },

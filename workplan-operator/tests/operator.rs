@@ -26,8 +26,7 @@ fn operator(ns: &str) -> Component {
 
 /// The seed's Workplan (two tasks), created in `ns`.
 async fn seed_workplan(ns: &TestNamespace) -> Workplan {
-    let mut wf: Workflow =
-        serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+    let mut wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
     wf.metadata.namespace = Some(ns.name.clone());
     let workplan = workplan_for(&wf, TriggerEvent::manual(Some("1".into()))).unwrap();
     Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
@@ -41,7 +40,7 @@ async fn requested(ns: &TestNamespace, name: &str, job: &str) -> RequestState {
     let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
     let wanted = job.to_string();
     let cond = move |r: Option<&RequestState>| {
-        r.is_some_and(|r| r.spec.job == wanted && r.spec.state == JobState::Requested)
+        r.is_some_and(|r| r.spec.job.to_string() == wanted && r.spec.state == JobState::Requested)
     };
     tokio::time::timeout(TIMEOUT, await_condition(api, name, cond))
         .await
@@ -95,7 +94,7 @@ async fn finished(ns: &TestNamespace, name: &str) -> Workplan {
 }
 
 fn trail(rqs: &RequestState) -> Vec<(String, JobState)> {
-    rqs.status.as_ref().unwrap().history.iter().map(|e| (e.job.clone(), e.state)).collect()
+    rqs.status.as_ref().unwrap().history.iter().map(|e| (e.job.to_string(), e.state)).collect()
 }
 
 fn full_run() -> Vec<(String, JobState)> {
@@ -210,8 +209,7 @@ async fn many_workplans_all_complete() {
     let _operator = operator(&ns.name);
     let mut names = Vec::new();
     for i in 0..10 {
-        let mut wf: Workflow =
-            serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+        let mut wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
         wf.metadata.namespace = Some(ns.name.clone());
         let wp = workplan_for(&wf, TriggerEvent::manual(Some(i.to_string()))).unwrap();
         let created = Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)

@@ -25,8 +25,7 @@ pub use e2e::kubelet::{Act, Kubelet, NODE, finish, pod_namespace as namespace};
 
 /// The seed Workflow of `examples/`, in `ns`.
 pub fn seed_workflow(ns: &str) -> Workflow {
-    let mut wf: Workflow =
-        serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+    let mut wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
     wf.metadata.namespace = Some(ns.to_string());
     wf.metadata.uid = Some(format!("uid-of-my-workflow-in-{ns}"));
     wf.status = None;
@@ -51,12 +50,7 @@ pub async fn request_task_0(ns: &TestNamespace, wp: &Workplan) -> RequestState {
 pub async fn request_fresh(ns: &TestNamespace, wp: &Workplan, job: Job) -> RequestState {
     let mut fresh = RequestState::new(
         &wp.name_any(),
-        RequestStateSpec {
-            request_uid: wp.uid().unwrap(),
-            job: job.to_string(),
-            state: JobState::Requested,
-            worker: None,
-        },
+        RequestStateSpec { request_uid: wp.uid().unwrap(), job, state: JobState::Requested, worker: None },
     );
     fresh.metadata.namespace = Some(ns.name.clone());
     let rqs = protocol::request(&fresh, job, None, Timestamp::now());
@@ -99,7 +93,10 @@ pub async fn rqs_until(
 /// Waits until `name`'s job `job` is in `state`.
 pub async fn job_in(ns: &TestNamespace, name: &str, job: &str, state: JobState) -> RequestState {
     let j = job.to_string();
-    rqs_until(ns, name, &format!("{job} {state:?}"), move |r| r.spec.job == j && r.spec.state == state).await
+    rqs_until(ns, name, &format!("{job} {state:?}"), move |r| {
+        r.spec.job.to_string() == j && r.spec.state == state
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
