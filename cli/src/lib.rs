@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::{Invalid, TriggerEvent, Workflow, Workplan};
 
 /// kubectl kubeci: plan and inspect kubeci Workflows.
@@ -86,7 +86,7 @@ fn run_plan(args: &PlanArgs, stdin: &mut dyn Read) -> Result<String, Error> {
     for mut workflow in workflows {
         workflow.metadata.namespace.get_or_insert_with(|| args.namespace.clone());
         let name = workflow.metadata.name.clone().unwrap_or_default();
-        match workplan_for(&workflow, manual_run()) {
+        match planner::plan(&workflow, manual_run()) {
             Ok(workplan) => workplans.push(workplan),
             Err(invalid) => errors.push(Error::Invalid { path: path.clone(), name, invalid }),
         }

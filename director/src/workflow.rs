@@ -571,7 +571,7 @@ mod tests {
     fn workplan(name: &str, second: i64, phase: Option<Phase>) -> Workplan {
         let mut wp = Workplan::new(
             name,
-            shared_types::planner::workplan_for(
+            shared_types::planner::plan(
                 &workflow(false, 1, None),
                 runs_to_start(&workflow(false, 1, None)).remove(0),
             )

@@ -7,7 +7,7 @@ use e2e::{TestEnv, TestNamespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pretty_assertions::assert_eq;
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::{
     Job, JobState, Phase, RequestState, RequestStateSpec, TriggerEvent, Workflow, Workplan, WorkplanStatus,
 };
@@ -130,7 +130,7 @@ fn seed_workplan(ns: &str) -> Workplan {
     let mut workflow = seed_in(ns);
     workflow.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
     let trigger = TriggerEvent::manual(Some("1".into()));
-    let mut workplan = workplan_for(&workflow, trigger).unwrap();
+    let mut workplan = planner::plan(&workflow, trigger).unwrap();
     workplan.metadata.owner_references = None; // the Workflow is not stored in this test
     workplan
 }

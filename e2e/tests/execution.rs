@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pretty_assertions::assert_eq;
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::{JobState, Phase, RequestState, TriggerEvent, Workflow, Workplan};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,7 +48,7 @@ fn one_task(ns: &str) -> Workflow {
 }
 
 async fn create(ns: &TestNamespace, wf: &Workflow, run: &str) -> String {
-    let wp = workplan_for(wf, TriggerEvent::manual(Some(run.into()))).unwrap();
+    let wp = planner::plan(wf, TriggerEvent::manual(Some(run.into()))).unwrap();
     let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
     api.create(&PostParams::default(), &wp).await.unwrap().metadata.name.unwrap()
 }

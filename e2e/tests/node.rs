@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pretty_assertions::assert_eq;
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::{Phase, TriggerEvent, Workflow, Workplan};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -69,7 +69,7 @@ fn workflow(ns: &str, yaml: &str) -> Workflow {
 
 /// Creates the Workplan of a manual run of `wf` (no director needed).
 async fn run(ns: &TestNamespace, wf: &Workflow) -> String {
-    let wp = workplan_for(wf, TriggerEvent::manual(Some("1".into()))).unwrap();
+    let wp = planner::plan(wf, TriggerEvent::manual(Some("1".into()))).unwrap();
     let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
     api.create(&PostParams::default(), &wp).await.unwrap().metadata.name.unwrap()
 }

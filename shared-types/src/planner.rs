@@ -162,17 +162,6 @@ fn check_workflow(workflow: &Workflow) -> Result<StepGraph, Invalid> {
     }
 }
 
-/// Checks a whole Workflow spec, its steps and its triggers, reporting every problem at once.
-pub fn validate(spec: &WorkflowSpec, limits: &Limits) -> Result<(), Invalid> {
-    check(spec, limits).map(|_| ())
-}
-
-/// Validates a Workflow spec and compiles its steps into tasks, with the API's limits.
-pub fn plan(spec: &WorkflowSpec) -> Result<Vec<Task>, Invalid> {
-    let graph = check(spec, &Limits::default())?;
-    Ok(tasks(&graph, &spec.steps))
-}
-
 /// Validates steps alone and compiles them into tasks. Reports every problem of the steps at once.
 pub fn plan_steps(steps: &[Step], limits: &Limits) -> Result<Vec<Task>, Invalid> {
     let mut problems = Vec::new();
@@ -197,7 +186,7 @@ fn check(spec: &WorkflowSpec, limits: &Limits) -> Result<StepGraph, Invalid> {
 /// The Workplan the director creates for `workflow` on `trigger`: deterministic name, the
 /// Workflow's label, an owner reference to it (when it has a uid, as every stored object does)
 /// and the full task list.
-pub fn workplan_for(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workplan, Invalid> {
+pub fn plan(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workplan, Invalid> {
     let graph = check_workflow(workflow)?;
     let tasks = tasks(&graph, &workflow.spec.steps);
     let name = workflow.metadata.name.clone().unwrap_or_default();
@@ -469,7 +458,7 @@ mod tests {
     #[test]
     fn seed_workflow_gives_the_seed_workplan() {
         let wf: Workflow = serde_yaml::from_str(SEED).unwrap();
-        let tasks = plan(&wf.spec).unwrap();
+        let tasks = plan(&wf, TriggerEvent::manual(None)).unwrap().spec.tasks;
         assert_eq!(
             names(&tasks),
             vec![(vec!["step-1"], vec!["step-2", "step-3"]), (vec!["step-4"], vec!["step-5"]),]
@@ -590,7 +579,7 @@ mod tests {
         wf.spec.triggers[0].kind.clear();
         wf.spec.triggers[0].on_add_or_update = false;
         wf.spec.triggers[0].on_delete = false;
-        let invalid = validate(&wf.spec, &Limits::default()).unwrap_err();
+        let invalid = check(&wf.spec, &Limits::default()).err().unwrap();
         assert_eq!(
             invalid.to_string(),
             "spec.triggers[0].kind: must name the kind, for example ConfigMap\n\

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use pretty_assertions::assert_eq;
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::render::{RenderConfig, RenderError, cleanup_pod, task_pod, workplan_name};
 use shared_types::{EventKind, Step, TriggerEvent, Workflow, Workplan};
 
@@ -16,7 +16,7 @@ fn manual() -> TriggerEvent {
 fn seed_workplan() -> Workplan {
     let mut workflow: Workflow = serde_yaml::from_str(SEED).unwrap();
     workflow.metadata.uid = Some("workflow-uid".into());
-    let mut workplan = workplan_for(&workflow, manual()).unwrap();
+    let mut workplan = planner::plan(&workflow, manual()).unwrap();
     workplan.metadata.name = Some("my-workflow-0a1b2c3d4e".into());
     workplan.metadata.uid = Some("6f1e0d2c-workplan-uid".into());
     workplan
@@ -109,10 +109,10 @@ fn workplan_names_are_deterministic_and_distinct_per_event() {
 }
 
 #[test]
-fn workplan_for_sets_owner_labels_and_tasks() {
+fn the_plan_names_labels_and_owns_its_workplan() {
     let mut workflow: Workflow = serde_yaml::from_str(SEED).unwrap();
     workflow.metadata.uid = Some("workflow-uid".into());
-    let workplan = workplan_for(&workflow, manual()).unwrap();
+    let workplan = planner::plan(&workflow, manual()).unwrap();
     assert_eq!(workplan.metadata.namespace.as_deref(), Some("default"));
     assert_eq!(workplan.metadata.labels.unwrap()["kube.ci/workflow"], "my-workflow");
     let owner = &workplan.metadata.owner_references.unwrap()[0];

@@ -96,7 +96,7 @@ pub fn human(duration: SignedDuration) -> String {
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
-    use shared_types::planner::workplan_for;
+    use shared_types::planner;
     use shared_types::protocol::{claim, report, request};
     use shared_types::{Job, JobState, RequestStateSpec, TriggerEvent, Workflow};
 
@@ -106,7 +106,7 @@ mod tests {
 
     fn seed_workplan() -> Workplan {
         let wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
-        workplan_for(&wf, TriggerEvent::manual(None)).unwrap()
+        planner::plan(&wf, TriggerEvent::manual(None)).unwrap()
     }
 
     fn requested() -> RequestState {

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pretty_assertions::assert_eq;
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::protocol::{claim, report};
 use shared_types::{JobState, Phase, RequestState, TriggerEvent, Workflow, Workplan};
 
@@ -28,7 +28,7 @@ fn operator(ns: &str) -> Component {
 async fn seed_workplan(ns: &TestNamespace) -> Workplan {
     let mut wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
     wf.metadata.namespace = Some(ns.name.clone());
-    let workplan = workplan_for(&wf, TriggerEvent::manual(Some("1".into()))).unwrap();
+    let workplan = planner::plan(&wf, TriggerEvent::manual(Some("1".into()))).unwrap();
     Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
         .create(&PostParams::default(), &workplan)
         .await
@@ -211,7 +211,7 @@ async fn many_workplans_all_complete() {
     for i in 0..10 {
         let mut wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
         wf.metadata.namespace = Some(ns.name.clone());
-        let wp = workplan_for(&wf, TriggerEvent::manual(Some(i.to_string()))).unwrap();
+        let wp = planner::plan(&wf, TriggerEvent::manual(Some(i.to_string()))).unwrap();
         let created = Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
             .create(&PostParams::default(), &wp)
             .await

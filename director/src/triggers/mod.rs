@@ -26,7 +26,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::{TriggerEvent, Workflow, Workplan};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -372,7 +372,7 @@ pub async fn create_workplan(
     trigger: TriggerEvent,
 ) -> Option<String> {
     let event = trigger.event;
-    let workplan = match workplan_for(workflow, trigger) {
+    let workplan = match planner::plan(workflow, trigger) {
         Ok(workplan) => workplan,
         Err(invalid) => {
             // The controller validated it; a Workflow changed since then is re-validated there.

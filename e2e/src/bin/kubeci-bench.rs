@@ -45,7 +45,7 @@ use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, ResourceExt};
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::{
     JobState, Phase, RequestState, Step, Trigger, TriggerEvent, Workflow, WorkflowSpec, Workplan,
 };
@@ -483,7 +483,7 @@ async fn workplan_round_trip(bench: &Bench) -> anyhow::Result<Vec<Duration>> {
     let workflow = one_task_workflow(&ns.name, "baseline", None);
     let mut samples = Vec::new();
     for i in 0..WARM_UP + bench.sizes.baseline {
-        let workplan = workplan_for(&workflow, TriggerEvent::manual(Some(i.to_string())))
+        let workplan = planner::plan(&workflow, TriggerEvent::manual(Some(i.to_string())))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let name = workplan.name_any();
         let sent = Instant::now();
@@ -704,7 +704,7 @@ fn create_workplans(ns: &TestNamespace, count: usize) -> JoinHandle<anyhow::Resu
             .map(|i| {
                 let (api, workflow) = (api.clone(), workflow.clone());
                 async move {
-                    let workplan = workplan_for(&workflow, TriggerEvent::manual(Some(i.to_string())))
+                    let workplan = planner::plan(&workflow, TriggerEvent::manual(Some(i.to_string())))
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     api.create(&PostParams::default(), &workplan).await?;
                     anyhow::Ok(())

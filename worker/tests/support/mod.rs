@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
-use shared_types::planner::workplan_for;
+use shared_types::planner;
 use shared_types::protocol::{self, Job};
 use shared_types::{JobState, RequestState, RequestStateSpec, TriggerEvent, Workflow, Workplan};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +35,7 @@ pub fn seed_workflow(ns: &str) -> Workflow {
 /// Creates the seed Workflow's Workplan for the manual run `run` (through the API, so it has a
 /// uid). Two tasks: `[step-1] + [step-2, step-3]`, `[step-4] + [step-5]`.
 pub async fn create_workplan(ns: &TestNamespace, run: &str) -> Workplan {
-    let mut wp = workplan_for(&seed_workflow(&ns.name), TriggerEvent::manual(Some(run.into()))).unwrap();
+    let mut wp = planner::plan(&seed_workflow(&ns.name), TriggerEvent::manual(Some(run.into()))).unwrap();
     wp.metadata.owner_references = None;
     let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
     api.create(&PostParams::default(), &wp).await.unwrap()
