@@ -2,8 +2,15 @@
 //! keeps `Workflow.status`, and creates one Workplan per distinct trigger event, replay-safe
 //! across restarts, re-lists and duplicate deliveries. One replica acts at a time (leader
 //! election); the others wait.
+//!
+//! One Workflow watch ([`stream`]) feeds the Workflow controller ([`workflow`]) and the trigger
+//! engine ([`triggers`]). Field ownership of `Workflow.status` is explicit, by server-side apply:
+//! the controller's fields with the manager [`FIELD_MANAGER`], the trigger record with
+//! [`triggers::FIELD_MANAGER`].
 
+pub mod error;
 pub mod metrics;
+pub mod stream;
 pub mod triggers;
 pub mod webhook;
 pub mod workflow;
@@ -11,18 +18,21 @@ pub mod workflow;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, reflector};
-use kube::runtime::watcher::{self, watcher};
-use kube::runtime::{Controller, WatchStreamExt};
+use kube::runtime::Controller;
+use kube::runtime::watcher;
+use plumbing::kit::{self, Events, Kinds};
 use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
 use shared_types::{Workflow, Workplan};
 
+pub use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::triggers::Engine;
+use crate::triggers::{Engine, Shared};
 use crate::workflow::{Context, error_policy, reconcile};
+
+/// The field manager of the Workflow controller: its status fields and the Workplans it and
+/// the engine create.
+pub const FIELD_MANAGER: &str = "kubeci-director";
 
 /// `director` flags.
 #[derive(clap::Parser, Debug, Clone)]
@@ -54,49 +64,28 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         None => None,
     };
     let Some(process) =
-        Process::start("director", &args.common, Some(&args.leader), metrics.registry.clone(), shutdown)
-            .await?
+        Process::start("director", &args.common, Some(&args.leader), metrics.registry(), shutdown).await?
     else {
         drain(webhook).await; // shut down while waiting to lead
         return Ok(());
     };
     let client = process.client.clone();
-    let reporter =
-        Reporter { controller: "kubeci-director".into(), instance: Some(process.identity.clone()) };
-    let recorder = Recorder::new(client.clone(), reporter);
-    let (workflows, workplans): (Api<Workflow>, Api<Workplan>) = match &args.common.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    // Every Workflow is cached; their managedFields (one entry per writer, naming each recorded
-    // trigger object) are never read, so they are dropped before they are stored
-    // (kubeci-bench, phase 6).
-    let (store, writer) = reflector::store();
-    let cached = watcher(workflows, watcher::Config::default().any_semantic()).modify(|workflow| {
-        workflow.managed_fields_mut().clear();
-    });
-    let controller = Controller::for_stream(reflector(writer, cached).applied_objects(), store)
-        .owns(workplans, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    let (engine, engine_task) = Engine::start(
-        client.clone(),
-        recorder.clone(),
-        metrics.clone(),
-        store.clone(),
-        process.shutdown.clone(),
-    );
-    let deletions = engine.watch_deletions(match &args.common.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    });
-    let context = Arc::new(Context {
+    let namespace = args.common.namespace.as_deref();
+    let shared = Shared {
         client: client.clone(),
-        served_kinds: Default::default(),
-        allowed_watches: Default::default(),
-        recorder,
+        events: Events::new(client.clone(), FIELD_MANAGER, &process.identity),
         metrics: metrics.clone(),
-        engine,
-    });
+        kinds: Arc::new(Kinds::default()),
+    };
+    let workflows: Api<Workflow> = kit::api(&client, namespace);
+    let workplans: Api<Workplan> = kit::api(&client, namespace);
+
+    let (store, applied, watch) = stream::workflows(workflows);
+    let (engine, engine_task) = Engine::start(shared.clone(), store.clone(), process.shutdown.clone());
+    let watch = tokio::spawn(watch.run(engine.clone(), metrics.clone()));
+    let controller = Controller::for_shared_stream(applied, store.clone())
+        .owns(workplans, watcher::Config::default().any_semantic());
+    let context = Arc::new(Context::new(shared, engine));
     let ready = process.readiness.clone();
     tokio::spawn(async move {
         if ready.set_ready_when_synced(&store).await {
@@ -114,7 +103,7 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         .run(async move {
             controller.await;
             shutdown.trigger();
-            deletions.abort();
+            watch.abort();
             let _ = engine_task.await;
         })
         .await?;

@@ -1,21 +1,18 @@
 //! The director's metrics, in one registry with the prefix `kubeci_director_`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use plumbing::kit::{MetricLabel, ReconcileMetrics, Registrar};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Every metric the director exports.
 pub struct Metrics {
-    pub registry: Registry,
-    /// Workflow reconciliations.
-    pub reconciles: IntCounter,
-    /// Failed reconciliations and other errors, by a fixed error label.
-    pub errors: IntCounterVec,
-    /// Reconciliation time.
-    pub reconcile_duration: Histogram,
+    registrar: Registrar,
+    /// `reconcile_total`, `reconcile_duration_seconds` and `errors_total{error}`.
+    pub reconcile: ReconcileMetrics,
     /// Events delivered by the trigger watches (listings and single changes).
     pub trigger_events: IntCounter,
-    /// Trigger objects that fired: one per distinct (Workflow, object, version) observed.
+    /// Trigger objects that fired: one per distinct (Workflow, object, version) watched.
     pub trigger_fired: IntCounter,
-    /// Deliveries of a version already recorded (re-lists, reconnects, duplicates).
+    /// Watched versions already in the trigger record (re-lists, reconnects, duplicates).
     pub trigger_deduplicated: IntCounter,
     /// Fires dropped because the Workflow is suspended.
     pub trigger_suspended: IntCounter,
@@ -31,50 +28,37 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("kubeci_director".into()), None).expect("a valid prefix");
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
-        };
-        let metrics = Metrics {
-            reconciles: counter("reconcile_total", "Workflow reconciliations"),
-            errors: IntCounterVec::new(Opts::new("errors_total", "Errors by kind"), &["error"])
-                .expect("valid metric"),
-            reconcile_duration: Histogram::with_opts(
-                HistogramOpts::new("reconcile_duration_seconds", "Time to reconcile a Workflow")
-                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-            )
-            .expect("valid metric"),
-            trigger_events: counter("trigger_events_total", "Events delivered by trigger watches"),
-            trigger_fired: counter("trigger_fired_total", "Distinct trigger object versions that fired"),
-            trigger_deduplicated: counter(
-                "trigger_deduplicated_total",
-                "Deliveries of an already recorded version",
-            ),
-            trigger_suspended: counter(
-                "trigger_suspended_total",
-                "Fires dropped while the Workflow is suspended",
-            ),
-            trigger_watches: IntGauge::new("trigger_watches", "Running trigger watches")
-                .expect("valid metric"),
-            workplans_created: counter("workplans_created_total", "Workplans created"),
-            workplans_existing: counter(
-                "workplans_existing_total",
-                "Workplan creates that found it existing",
-            ),
-            admission_reviews: IntCounterVec::new(
-                Opts::new("admission_reviews_total", "Admission reviews answered, by verdict"),
+        let r = Registrar::new("kubeci_director");
+        Metrics {
+            reconcile: ReconcileMetrics::register(&r, "Workflow"),
+            trigger_events: r.counter("trigger_events_total", "Events delivered by trigger watches"),
+            trigger_fired: r
+                .counter("trigger_fired_total", "Distinct watched trigger object versions that fired"),
+            trigger_deduplicated: r
+                .counter("trigger_deduplicated_total", "Watched versions already in the trigger record"),
+            trigger_suspended: r
+                .counter("trigger_suspended_total", "Fires dropped while the Workflow is suspended"),
+            trigger_watches: r.gauge("trigger_watches", "Running trigger watches"),
+            workplans_created: r.counter("workplans_created_total", "Workplans created"),
+            workplans_existing: r
+                .counter("workplans_existing_total", "Workplan creates that found it existing"),
+            admission_reviews: r.counter_vec(
+                "admission_reviews_total",
+                "Admission reviews answered, by verdict",
                 &["verdict"],
-            )
-            .expect("valid metric"),
-            registry: registry.clone(),
-        };
-        registry.register(Box::new(metrics.admission_reviews.clone())).expect("registered once");
-        registry.register(Box::new(metrics.errors.clone())).expect("registered once");
-        registry.register(Box::new(metrics.reconcile_duration.clone())).expect("registered once");
-        registry.register(Box::new(metrics.trigger_watches.clone())).expect("registered once");
-        metrics
+            ),
+            registrar: r,
+        }
+    }
+
+    /// The registry, for the admin server's `/metrics`.
+    pub fn registry(&self) -> Registry {
+        self.registrar.registry()
+    }
+
+    /// Counts an error under its fixed label.
+    pub fn error(&self, error: &impl MetricLabel) {
+        self.reconcile.error(error)
     }
 }
 

@@ -22,6 +22,7 @@ use plumbing::Shutdown;
 use shared_types::Workflow;
 use shared_types::planner::validate_workflow;
 
+use crate::error::Error;
 use crate::metrics::Metrics;
 
 /// The path the ValidatingWebhookConfiguration calls.
@@ -43,15 +44,6 @@ pub struct WebhookArgs {
     /// How often to look for a rotated certificate in the cert dir, in seconds.
     #[arg(long, env = "KUBECI_WEBHOOK_CERT_RELOAD_SECONDS", default_value_t = 10)]
     pub webhook_cert_reload_seconds: u64,
-}
-
-/// Errors starting the webhook server.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("webhook certificate {cert} / key {key}: {source}")]
-    Certificate { cert: PathBuf, key: PathBuf, source: std::io::Error },
-    #[error("webhook server on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// The verdict on one admission request: the planner's validation of the Workflow in it.

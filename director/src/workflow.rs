@@ -2,12 +2,15 @@
 //! the runs that do not come from triggers (one per generation for Workflows without triggers,
 //! one per new `kube.ci/run` value), trims old Workplans, and hands valid triggers to the engine.
 //!
-//! The decisions are pure functions ([`runs_to_start`], [`conditions`], [`history_to_delete`],
-//! [`counts`]); `reconcile` is the I/O around them.
+//! A reconciliation is a pipeline: [`fetch`] (I/O: discovery, access reviews, the Workflow's
+//! Workplans) → [`validate`] (pure: the planner, the selectors, the resolved triggers) →
+//! [`build`] (pure: the runs to start, the history to trim, the status) → `apply` (creates and
+//! deletes Workplans, tells the engine) → `status` (one server-side apply of the controller's
+//! status fields, only when they changed).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -16,53 +19,43 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
-use kube::discovery::{Scope, pinned_kind};
+use kube::discovery::Scope;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use shared_types::planner::validate_workflow;
+use plumbing::kit::{ErrorBackoff, group_version_kind};
+use serde::{Deserialize, Serialize};
+use shared_types::planner::{plan, validate_workflow};
 use shared_types::{
     EventKind, Phase, TriggerEvent, Workflow, WorkflowStatus, Workplan, WorkplanCounts, labels,
 };
 
-use crate::metrics::Metrics;
+use crate::FIELD_MANAGER;
+use crate::error::Error;
 use crate::triggers::decide::Rule;
-use crate::triggers::{Command, Engine, create_workplan, publish};
-
-/// The field manager of the controller's status writes.
-pub const FIELD_MANAGER: &str = "kubeci-director";
-
-/// Errors of one reconciliation; `metric_label` is a fixed, low-cardinality name.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("listing Workplans of {workflow}: {source}")]
-    ListWorkplans { workflow: String, source: kube::Error },
-    #[error("writing the status of {workflow}: {source}")]
-    Status { workflow: String, source: kube::Error },
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::ListWorkplans { .. } => "list_workplans",
-            Error::Status { .. } => "status",
-        }
-    }
-}
+use crate::triggers::{Command, Engine, Shared, create_workplan};
 
 /// Shared by every reconciliation.
 pub struct Context {
-    pub client: Client,
-    /// Trigger kinds discovery found, with their resource and scope (kinds not found are looked
-    /// up again).
-    pub served_kinds: std::sync::Mutex<HashMap<GroupVersionKind, (ApiResource, Scope)>>,
+    /// The client, Events, metrics and trigger kinds, shared with the engine.
+    pub shared: Shared,
     /// When the director last found it may list and watch a trigger resource (in a namespace,
     /// or everywhere): asked again after [`ACCESS_TTL`], and at once while it may not.
-    pub allowed_watches: std::sync::Mutex<HashMap<(GroupVersionKind, Option<String>), Instant>>,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
+    pub allowed_watches: Mutex<HashMap<(GroupVersionKind, Option<String>), Instant>>,
     pub engine: Engine,
+    /// Per-Workflow back-off of failed reconciliations.
+    pub backoff: ErrorBackoff<ObjectRef<Workflow>>,
+}
+
+impl Context {
+    pub fn new(shared: Shared, engine: Engine) -> Context {
+        Context {
+            shared,
+            allowed_watches: Mutex::default(),
+            engine,
+            backoff: ErrorBackoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+        }
+    }
 }
 
 /// Runs a Workflow's own events would start: one per generation without triggers, one per new
@@ -179,90 +172,97 @@ pub fn counts(workplans: &[Workplan]) -> WorkplanCounts {
     counts
 }
 
-/// One reconciliation of one Workflow.
+/// Whether the director can watch one trigger's objects, as [`fetch`] found out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Access {
+    /// The kind is served and the director may list and watch it (or the review itself failed:
+    /// the watch then reports its own errors).
+    Allowed,
+    /// The kind is served; access was not reviewed (another trigger's kind is not served).
+    Served,
+    /// Discovery does not find the kind.
+    Unserved { error: String },
+    /// The director may not `verbs` the `resource` (`plural.group`) in `namespace` (or
+    /// cluster-wide).
+    Forbidden { verbs: Vec<String>, resource: String, namespace: Option<String> },
+}
+
+/// What a reconciliation reads from the API server.
+#[derive(Clone, Debug, Default)]
+pub struct Fetched {
+    /// Per trigger, in order.
+    pub access: Vec<Access>,
+    /// The Workflow's Workplans (its label and its uid as owner).
+    pub workplans: Vec<Workplan>,
+}
+
+/// The outcome of [`validate`].
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub health: Health,
+    /// The resolved triggers, for the engine; `None` when the Workflow is invalid.
+    pub rules: Option<Vec<Rule>>,
+}
+
+/// One Workplan of the Workflow's own runs to create.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub event: EventKind,
+    /// The `kube.ci/run` value of a manual run.
+    pub manual: Option<String>,
+    pub workplan: Workplan,
+}
+
+/// What [`build`] decides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// The Workflow's own runs to start.
+    pub runs: Vec<Run>,
+    /// Finished Workplans beyond the history limit.
+    pub delete: Vec<String>,
+    /// A Warning Event to publish: the Workflow is not ready, for a reason not reported yet.
+    pub warning: Option<(String, String)>,
+    /// The controller's status fields before any run is created ([`status_after`] adds them).
+    pub status: WorkflowStatus,
+    /// The names of the Workplans that stay (for [`status_after`]).
+    pub kept: BTreeSet<String>,
+}
+
+/// One reconciliation of one Workflow: counted, timed, and its error back-off reset on success.
 pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&workflow, &ctx).await;
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    let result = ctx.shared.metrics.reconcile.measure(reconcile_inner(&workflow, &ctx)).await;
+    if result.is_ok() {
+        ctx.backoff.reset(&ObjectRef::from_obj(workflow.as_ref()));
+    }
     result
 }
 
 async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Action, Error> {
-    let name = workflow.name_any();
-    let namespace = workflow.namespace().unwrap_or_default();
-    let previous = workflow.status.clone().unwrap_or_default();
-
+    // Being deleted (other controllers' finalizers): the Workflow watch's Delete event tells the
+    // engine once it is gone; nothing to do until then.
     if workflow.metadata.deletion_timestamp.is_some() {
-        ctx.engine.send(Command::Unregister(ObjectRef::from_obj(workflow.as_ref())));
         return Ok(Action::await_change());
     }
+    let fetched = fetch(ctx, workflow).await?;
+    let validated = validate(workflow, &fetched.access);
+    let desired = build(workflow, &validated, &fetched.workplans, Timestamp::now());
+    let created = apply(ctx, workflow, &validated, &desired).await;
+    status(ctx, workflow, &status_after(&desired, &created)).await?;
+    Ok(match validated.health {
+        // The kind may be installed later (a CRD), the access granted; look again.
+        Health::Unresolved { .. } => Action::requeue(Duration::from_secs(30)),
+        _ => Action::await_change(),
+    })
+}
 
-    // Validate: the planner, the label selectors the trigger watches need, and the trigger kinds.
-    let rules: Result<Vec<Rule>, String> = workflow
-        .spec
-        .triggers
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Rule::new(t, &namespace).map_err(|e| format!("spec.triggers[{i}].selector: {e}")))
-        .collect();
-    let (health, rules) = match (validate_workflow(workflow), rules) {
-        (Err(invalid), _) => (Health::Invalid(invalid.to_string()), None),
-        (Ok(()), Err(e)) => (Health::Invalid(e), None),
-        (Ok(()), Ok(rules)) => match unwatchable_triggers(ctx, workflow, &rules).await {
-            Some((reason, message)) => (Health::Unresolved { reason, message }, Some(rules)),
-            None => (Health::Valid, Some(rules)),
-        },
-    };
-
-    let mut status = WorkflowStatus {
-        observed_generation: workflow.metadata.generation,
-        conditions: conditions(&previous.conditions, &health, workflow.metadata.generation, Timestamp::now()),
-        steps: Some(workflow.spec.steps.len() as i32),
-        triggers: Some(workflow.spec.triggers.len() as i32),
-        last_manual_run: previous.last_manual_run.clone(),
-        ..WorkflowStatus::default()
-    };
-    let mut created = None;
-
-    match rules {
-        None => {
-            ctx.engine.send(Command::Unregister(ObjectRef::from_obj(workflow.as_ref())));
-        }
-        Some(rules) => {
-            ctx.engine.send(Command::Register { workflow: workflow.clone(), rules });
-            for run in runs_to_start(workflow) {
-                let (event, value) = (run.event, run.run.clone());
-                if let Some(name) =
-                    create_workplan(&ctx.client, &ctx.recorder, &ctx.metrics, workflow, run).await
-                {
-                    created = Some(name);
-                    if event == EventKind::Manual {
-                        status.last_manual_run = value;
-                    }
-                }
-            }
-            if workflow.spec.suspend && workflow.spec.triggers.is_empty() {
-                // Suspended: this generation's run is skipped, not postponed.
-                status.observed_generation = workflow.metadata.generation;
-            }
-        }
-    }
-    let (reason, message) = match &health {
-        Health::Valid => ("", ""),
-        Health::Invalid(message) => ("Invalid", message.as_str()),
-        Health::Unresolved { reason, message } => (*reason, message.as_str()),
-    };
-    let reported =
-        previous.conditions.iter().any(|c| c.status == "False" && c.type_ == "Ready" && c.reason == reason)
-            && previous.conditions.iter().any(|c| c.message == message);
-    if health != Health::Valid && !reported {
-        tracing::info!(workflow = %name, reason, message, "Workflow is not ready");
-        publish(&ctx.recorder, workflow, EventType::Warning, reason, message.to_string()).await;
-    }
-
-    // Workplans of this Workflow: trim the history, count by phase, newest name.
-    let workplans: Api<Workplan> = Api::namespaced(ctx.client.clone(), &namespace);
+/// Reads what the decisions need: whether each trigger's kind is served and may be watched,
+/// and the Workflow's Workplans.
+pub async fn fetch(ctx: &Context, workflow: &Workflow) -> Result<Fetched, Error> {
+    let name = workflow.name_any();
+    let namespace = workflow.namespace().unwrap_or_default();
+    let access = trigger_access(ctx, workflow, &namespace).await;
+    let workplans: Api<Workplan> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     let selector = format!("{}={}", labels::WORKFLOW, name);
     let mut list = workplans
         .list(&ListParams::default().labels(&selector))
@@ -270,150 +270,279 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
         .map_err(|source| Error::ListWorkplans { workflow: name.clone(), source })?
         .items;
     list.retain(|wp| wp.owner_references().iter().any(|o| Some(&o.uid) == workflow.metadata.uid.as_ref()));
-    for old in history_to_delete(&list, workflow.spec.workplan_history_limit) {
-        match workplans.delete(&old, &DeleteParams::background()).await {
+    Ok(Fetched { access, workplans: list })
+}
+
+/// The planner's verdict, the label selectors the trigger watches need, and whether every
+/// trigger can be watched.
+pub fn validate(workflow: &Workflow, access: &[Access]) -> Validated {
+    let namespace = workflow.namespace().unwrap_or_default();
+    let rules: Result<Vec<Rule>, String> = workflow
+        .spec
+        .triggers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Rule::new(t, &namespace).map_err(|e| format!("spec.triggers[{i}].selector: {e}")))
+        .collect();
+    match (validate_workflow(workflow), rules) {
+        (Err(invalid), _) => Validated { health: Health::Invalid(invalid.to_string()), rules: None },
+        (Ok(()), Err(e)) => Validated { health: Health::Invalid(e), rules: None },
+        (Ok(()), Ok(rules)) => Validated { health: trigger_health(workflow, access), rules: Some(rules) },
+    }
+}
+
+/// `Valid`, or `Unresolved` naming the triggers that cannot be watched: kinds not served first
+/// (`TriggerKindNotFound`), then resources the director may not list and watch
+/// (`TriggerForbidden`).
+fn trigger_health(workflow: &Workflow, access: &[Access]) -> Health {
+    let triggers = &workflow.spec.triggers;
+    let unserved: Vec<String> = access
+        .iter()
+        .zip(triggers)
+        .enumerate()
+        .filter_map(|(i, (access, trigger))| match access {
+            Access::Unserved { error } => Some(format!(
+                "spec.triggers[{i}]: the API server does not serve kind {} in {} ({error})",
+                trigger.kind, trigger.api_version
+            )),
+            _ => None,
+        })
+        .collect();
+    if !unserved.is_empty() {
+        return Health::Unresolved { reason: "TriggerKindNotFound", message: unserved.join("; ") };
+    }
+    let forbidden: Vec<String> = access
+        .iter()
+        .enumerate()
+        .filter_map(|(i, access)| match access {
+            Access::Forbidden { verbs, resource, namespace } => {
+                let place = namespace.as_ref().map_or("cluster-wide".to_string(), |ns| format!("in namespace {ns}"));
+                Some(format!(
+                    "spec.triggers[{i}]: the director may not {} {resource} {place}; grant it (Helm value director.triggers.resources)",
+                    verbs.join(" or ")
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    if !forbidden.is_empty() {
+        return Health::Unresolved { reason: "TriggerForbidden", message: forbidden.join("; ") };
+    }
+    Health::Valid
+}
+
+/// The runs to start, the history to trim, a Warning to publish, and the controller's status
+/// fields.
+pub fn build(workflow: &Workflow, validated: &Validated, workplans: &[Workplan], now: Timestamp) -> Desired {
+    let previous = workflow.status.clone().unwrap_or_default();
+    let health = &validated.health;
+    let generation = workflow.metadata.generation;
+    let runs = match validated.rules {
+        None => Vec::new(),
+        Some(_) => runs_to_start(workflow)
+            .into_iter()
+            .filter_map(|trigger| {
+                let (event, manual) = (trigger.event, trigger.run.clone());
+                plan(workflow, trigger).ok().map(|workplan| Run { event, manual, workplan })
+            })
+            .collect(),
+    };
+    let (reason, message) = match health {
+        Health::Valid => ("", ""),
+        Health::Invalid(message) => ("Invalid", message.as_str()),
+        Health::Unresolved { reason, message } => (*reason, message.as_str()),
+    };
+    let reported =
+        previous.conditions.iter().any(|c| c.status == "False" && c.type_ == "Ready" && c.reason == reason)
+            && previous.conditions.iter().any(|c| c.message == message);
+    let warning = (*health != Health::Valid && !reported).then(|| (reason.to_string(), message.to_string()));
+
+    let delete = history_to_delete(workplans, workflow.spec.workplan_history_limit);
+    let kept: Vec<&Workplan> = workplans.iter().filter(|wp| !delete.contains(&wp.name_any())).collect();
+    let newest =
+        kept.iter().max_by_key(|wp| (wp.metadata.creation_timestamp.clone().map(|t| t.0), wp.name_any()));
+    let kept_owned: Vec<Workplan> = kept.iter().map(|wp| (*wp).clone()).collect();
+    let status = WorkflowStatus {
+        // Also when suspended: that generation's run is skipped, not postponed.
+        observed_generation: generation,
+        conditions: conditions(&previous.conditions, health, generation, now),
+        steps: Some(workflow.spec.steps.len() as i32),
+        triggers: Some(workflow.spec.triggers.len() as i32),
+        last_manual_run: previous.last_manual_run.clone(),
+        last_workplan: newest.map(|wp| wp.name_any()).or(previous.last_workplan.clone()),
+        workplans: Some(counts(&kept_owned)),
+        ..WorkflowStatus::default()
+    };
+    Desired { runs, delete, warning, status, kept: kept.iter().map(|wp| wp.name_any()).collect() }
+}
+
+/// The status once `created` (the runs whose Workplan now exists) are counted: each new one is
+/// Pending, the last one is the last Workplan (creation times have one-second resolution), and a
+/// manual run's value is recorded only once its Workplan exists.
+pub fn status_after(desired: &Desired, created: &[&Run]) -> WorkflowStatus {
+    let mut status = desired.status.clone();
+    for run in created {
+        let name = run.workplan.name_any();
+        if !desired.kept.contains(&name) {
+            status.workplans.get_or_insert_with(WorkplanCounts::default).pending += 1;
+        }
+        if run.event == EventKind::Manual {
+            status.last_manual_run = run.manual.clone();
+        }
+        status.last_workplan = Some(name);
+    }
+    status
+}
+
+/// Tells the engine, publishes the Warning, creates the runs and trims the history. Returns the
+/// runs whose Workplan exists now.
+async fn apply<'a>(
+    ctx: &Context,
+    workflow: &Arc<Workflow>,
+    validated: &Validated,
+    desired: &'a Desired,
+) -> Vec<&'a Run> {
+    let name = workflow.name_any();
+    match &validated.rules {
+        Some(rules) => {
+            ctx.engine.send(Command::Register { workflow: workflow.clone(), rules: rules.clone() })
+        }
+        None => ctx.engine.send(Command::Unregister(ObjectRef::from_obj(workflow.as_ref()))),
+    }
+    if let Some((reason, message)) = &desired.warning {
+        tracing::info!(workflow = %name, reason, message, "Workflow is not ready");
+        ctx.shared.events.warning(workflow.as_ref(), reason, message).await;
+    }
+    let mut created = Vec::new();
+    for run in &desired.runs {
+        if create_workplan(&ctx.shared, workflow, &run.workplan, run.event).await.is_some() {
+            created.push(run);
+        }
+    }
+    let workplans: Api<Workplan> =
+        Api::namespaced(ctx.shared.client.clone(), &workflow.namespace().unwrap_or_default());
+    for old in &desired.delete {
+        match workplans.delete(old, &DeleteParams::background()).await {
             Ok(_) => {
                 tracing::info!(workflow = %name, workplan = %old, "deleted a finished Workplan beyond workplanHistoryLimit")
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => tracing::warn!(workplan = %old, error = %e, "could not delete an old Workplan"),
         }
-        list.retain(|wp| wp.name_any() != old);
     }
-    status.workplans = Some(counts(&list));
-    let newest =
-        list.iter().max_by_key(|wp| (wp.metadata.creation_timestamp.clone().map(|t| t.0), wp.name_any()));
-    // Creation times have one-second resolution: what this reconcile created is the newest.
-    status.last_workplan =
-        created.or_else(|| newest.map(ResourceExt::name_any)).or(previous.last_workplan.clone());
-
-    if let Some(patch) = status_patch(&previous, &status) {
-        match Api::<Workflow>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => {}
-            // Deleted while this reconcile ran: nothing left to report on.
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                ctx.engine.send(Command::Unregister(ObjectRef::from_obj(workflow.as_ref())));
-                return Ok(Action::await_change());
-            }
-            Err(source) => return Err(Error::Status { workflow: name.clone(), source }),
-        }
-    }
-    Ok(match health {
-        // The kind may be installed later (a CRD); look again.
-        Health::Unresolved { .. } => Action::requeue(std::time::Duration::from_secs(30)),
-        _ => Action::await_change(),
-    })
+    created
 }
 
-/// The merge patch of the controller's status fields, or `None` when they are what the cached
-/// object already holds. Every Workplan change reconciles its Workflow, and most of them (a task
-/// starting, a cleanup) change none of these fields: writing anyway cost the API server a PATCH
-/// per change (`kubeci-bench` counted five per one-task run). A cache older than the last write
-/// is safe: that write's own watch event reconciles again and patches what still differs.
-///
-/// The controller's fields only: the engine owns `lastObservedResourceGeneration` and
-/// `baselinedTriggers`, and a merge patch leaves them alone.
-pub fn status_patch(previous: &WorkflowStatus, status: &WorkflowStatus) -> Option<serde_json::Value> {
-    let unchanged = previous.observed_generation == status.observed_generation
-        && previous.conditions == status.conditions
-        && previous.steps == status.steps
-        && previous.triggers == status.triggers
-        && previous.last_workplan == status.last_workplan
-        && previous.last_manual_run == status.last_manual_run
-        && previous.workplans == status.workplans;
-    (!unchanged).then(|| {
-        serde_json::json!({ "status": {
-            "observedGeneration": status.observed_generation,
-            "conditions": status.conditions,
-            "steps": status.steps,
-            "triggers": status.triggers,
-            "lastWorkplan": status.last_workplan,
-            "lastManualRun": status.last_manual_run,
-            "workplans": status.workplans,
-        }})
+/// Applies the controller's status fields when they differ from what the cached object holds.
+/// Every Workplan change reconciles its Workflow, and most of them (a task starting, a cleanup)
+/// change none of these fields: writing anyway cost the API server a write per change
+/// (`kubeci-bench` counted five per one-task run). A cache older than the last write is safe:
+/// that write's own watch event reconciles again and applies what still differs.
+async fn status(ctx: &Context, workflow: &Workflow, status: &WorkflowStatus) -> Result<(), Error> {
+    let Some(apply) = status_apply(workflow, status) else { return Ok(()) };
+    let name = workflow.name_any();
+    let api: Api<Workflow> =
+        Api::namespaced(ctx.shared.client.clone(), &workflow.namespace().unwrap_or_default());
+    match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
+        Ok(_) => Ok(()),
+        // Deleted while this reconcile ran: nothing left to report on (the Workflow watch tells
+        // the engine).
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Status { workflow: name, source }),
+    }
+}
+
+/// The controller's status fields: the engine's manager owns the others.
+pub fn controller_fields(status: &WorkflowStatus) -> WorkflowStatus {
+    WorkflowStatus {
+        observed_generation: status.observed_generation,
+        conditions: status.conditions.clone(),
+        steps: status.steps,
+        triggers: status.triggers,
+        last_workplan: status.last_workplan.clone(),
+        last_manual_run: status.last_manual_run.clone(),
+        workplans: status.workplans.clone(),
+        ..WorkflowStatus::default()
+    }
+}
+
+/// The server-side apply of the controller's status fields, or `None` when they are what the
+/// cached `workflow` holds. Every field the manager owns is sent each time: an apply removes
+/// the fields its manager owned before and leaves out.
+pub fn status_apply(workflow: &Workflow, status: &WorkflowStatus) -> Option<serde_json::Value> {
+    let desired = controller_fields(status);
+    let cached = controller_fields(&workflow.status.clone().unwrap_or_default());
+    (desired != cached).then(|| {
+        serde_json::json!({
+            "apiVersion": Workflow::api_version(&()),
+            "kind": Workflow::kind(&()),
+            "metadata": { "name": workflow.name_any() },
+            "status": desired,
+        })
     })
 }
 
 /// How long a granted list/watch of a trigger resource is trusted before it is asked again.
-const ACCESS_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const ACCESS_TTL: Duration = Duration::from_secs(300);
 
-/// `None` when every trigger can be watched, else the reason and a message naming the triggers
-/// that cannot: kinds the API server does not serve (`TriggerKindNotFound`), then resources
-/// the director may not list and watch (`TriggerForbidden`, asked with SelfSubjectAccessReviews:
-/// a forbidden watch would otherwise only retry in the director's log).
-async fn unwatchable_triggers(
-    ctx: &Context,
-    workflow: &Workflow,
-    rules: &[Rule],
-) -> Option<(&'static str, String)> {
-    let mut unserved = Vec::new();
+/// Whether each trigger can be watched: its kind resolved by discovery, then (when every kind
+/// is served) SelfSubjectAccessReviews for list and watch, as a forbidden watch would otherwise
+/// only retry in the director's log.
+async fn trigger_access(ctx: &Context, workflow: &Workflow, namespace: &str) -> Vec<Access> {
+    let client = &ctx.shared.client;
     let mut resolved = Vec::new();
-    for (i, trigger) in workflow.spec.triggers.iter().enumerate() {
-        let (group, version) = match trigger.api_version.split_once('/') {
-            Some((group, version)) => (group, version),
-            None => ("", trigger.api_version.as_str()),
-        };
-        let gvk = GroupVersionKind::gvk(group, version, &trigger.kind);
-        let cached = ctx.served_kinds.lock().expect("not poisoned").get(&gvk).cloned();
-        let found = match cached {
-            Some(found) => found,
-            None => match pinned_kind(&ctx.client, &gvk).await {
-                Ok((resource, capabilities)) => {
-                    let found = (resource, capabilities.scope);
-                    ctx.served_kinds.lock().expect("not poisoned").insert(gvk.clone(), found.clone());
-                    found
-                }
-                Err(e) => {
-                    unserved.push(format!(
-                        "spec.triggers[{i}]: the API server does not serve kind {} in {} ({e})",
-                        trigger.kind, trigger.api_version
-                    ));
-                    continue;
-                }
-            },
-        };
-        let namespace = match found.1 {
-            Scope::Namespaced => rules.get(i).and_then(|rule| rule.key.namespace.clone()),
-            Scope::Cluster => None,
-        };
-        resolved.push((i, gvk, found.0, namespace));
-    }
-    if !unserved.is_empty() {
-        return Some(("TriggerKindNotFound", unserved.join("; ")));
-    }
-    let mut forbidden = Vec::new();
-    for (i, gvk, resource, namespace) in resolved {
-        let key = (gvk, namespace.clone());
-        let fresh = |at: &Instant| at.elapsed() < ACCESS_TTL;
-        if ctx.allowed_watches.lock().expect("not poisoned").get(&key).is_some_and(fresh) {
-            continue;
-        }
-        let mut denied = Vec::new();
-        for verb in ["list", "watch"] {
-            match may(&ctx.client, verb, &resource, namespace.as_deref()).await {
-                Ok(true) => {}
-                Ok(false) => denied.push(verb),
-                // The check itself failed: trust the watch, which reports its own errors.
-                Err(e) => tracing::warn!(error = %e, "could not review access to a trigger resource"),
+    for trigger in &workflow.spec.triggers {
+        resolved.push(match ctx.shared.kinds.resolve(client, &trigger.api_version, &trigger.kind).await {
+            Ok((resource, scope)) => {
+                let watched = match scope {
+                    Scope::Namespaced => {
+                        Some(trigger.namespace.clone().unwrap_or_else(|| namespace.to_string()))
+                    }
+                    Scope::Cluster => None,
+                };
+                Ok((group_version_kind(&trigger.api_version, &trigger.kind), resource, watched))
             }
-        }
-        if denied.is_empty() {
-            ctx.allowed_watches.lock().expect("not poisoned").insert(key, Instant::now());
-        } else {
-            let group =
-                if resource.group.is_empty() { String::new() } else { format!(".{}", resource.group) };
-            let place = namespace.map_or("cluster-wide".to_string(), |ns| format!("in namespace {ns}"));
-            forbidden.push(format!(
-                "spec.triggers[{i}]: the director may not {} {}{group} {place}; grant it (Helm value director.triggers.resources)",
-                denied.join(" or "),
-                resource.plural
-            ));
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    let all_served = resolved.iter().all(Result::is_ok);
+    let mut access = Vec::new();
+    for found in resolved {
+        access.push(match found {
+            Err(error) => Access::Unserved { error },
+            Ok(_) if !all_served => Access::Served,
+            Ok((gvk, resource, namespace)) => review_access(ctx, gvk, &resource, namespace).await,
+        });
+    }
+    access
+}
+
+async fn review_access(
+    ctx: &Context,
+    gvk: GroupVersionKind,
+    resource: &ApiResource,
+    namespace: Option<String>,
+) -> Access {
+    let key = (gvk, namespace.clone());
+    let fresh = |at: &Instant| at.elapsed() < ACCESS_TTL;
+    if ctx.allowed_watches.lock().expect("not poisoned").get(&key).is_some_and(fresh) {
+        return Access::Allowed;
+    }
+    let mut denied = Vec::new();
+    for verb in ["list", "watch"] {
+        match may(&ctx.shared.client, verb, resource, namespace.as_deref()).await {
+            Ok(true) => {}
+            Ok(false) => denied.push(verb.to_string()),
+            // The check itself failed: trust the watch, which reports its own errors.
+            Err(e) => tracing::warn!(error = %e, "could not review access to a trigger resource"),
         }
     }
-    (!forbidden.is_empty()).then(|| ("TriggerForbidden", forbidden.join("; ")))
+    if denied.is_empty() {
+        ctx.allowed_watches.lock().expect("not poisoned").insert(key, Instant::now());
+        return Access::Allowed;
+    }
+    let group = if resource.group.is_empty() { String::new() } else { format!(".{}", resource.group) };
+    Access::Forbidden { verbs: denied, resource: format!("{}{group}", resource.plural), namespace }
 }
 
 /// Whether this process may `verb` the resource (in `namespace`, or in all namespaces).
@@ -436,16 +565,17 @@ async fn may(
         },
         ..SelfSubjectAccessReview::default()
     };
-    let answer =
-        Api::<SelfSubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone()).create(&params, &review).await?;
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
-/// Failed reconciliations are retried with a short delay; the error is counted by kind.
+/// Failed reconciliations are retried with a per-Workflow exponential back-off (reset by the
+/// next success); the error is counted by kind.
 pub fn error_policy(workflow: Arc<Workflow>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(workflow = %workflow.name_any(), %error, "reconcile failed");
-    ctx.metrics.errors.with_label_values(&[error.metric_label()]).inc();
-    Action::requeue(std::time::Duration::from_secs(5))
+    ctx.shared.metrics.error(error);
+    Action::requeue(ctx.backoff.next(&ObjectRef::from_obj(workflow.as_ref())))
 }
 
 #[cfg(test)]
@@ -475,7 +605,8 @@ mod tests {
 
     #[test]
     fn an_unchanged_status_is_not_written_again() {
-        let previous = WorkflowStatus {
+        let mut cached = workflow(true, 2, Some(2));
+        cached.status = Some(WorkflowStatus {
             observed_generation: Some(2),
             steps: Some(5),
             triggers: Some(1),
@@ -484,16 +615,18 @@ mod tests {
             // The engine's fields are not the controller's to compare or write.
             baselined_triggers: vec!["t".into()],
             ..WorkflowStatus::default()
-        };
-        let mut status = WorkflowStatus { baselined_triggers: Vec::new(), ..previous.clone() };
-        assert_eq!(status_patch(&previous, &status), None);
+        });
+        let mut status = WorkflowStatus { baselined_triggers: Vec::new(), ..cached.status.clone().unwrap() };
+        assert_eq!(status_apply(&cached, &status), None);
 
         status.workplans = Some(WorkplanCounts { completed: 1, ..WorkplanCounts::default() });
-        let patch = status_patch(&previous, &status).expect("the counts changed");
-        assert_eq!(patch["status"]["workplans"]["completed"], 1);
-        assert_eq!(patch["status"]["lastWorkplan"], "wf-abc");
-        assert!(patch["status"].get("baselinedTriggers").is_none(), "{patch}");
-        assert!(patch["status"].get("lastObservedResourceGeneration").is_none(), "{patch}");
+        let apply = status_apply(&cached, &status).expect("the counts changed");
+        assert_eq!(apply["status"]["workplans"]["completed"], 1);
+        assert_eq!(apply["status"]["lastWorkplan"], "wf-abc", "every owned field is applied");
+        assert_eq!(apply["kind"], "Workflow");
+        assert_eq!(apply["metadata"]["name"], "my-workflow");
+        assert!(apply["status"].get("baselinedTriggers").is_none(), "{apply}");
+        assert!(apply["status"].get("lastObservedResourceGeneration").is_none(), "{apply}");
     }
 
     #[test]

@@ -19,5 +19,5 @@ pub mod workplan;
 
 pub use planner::{Invalid, Limits, Problem};
 pub use request_state::{HistoryEntry, Job, JobState, RequestState, RequestStateSpec, RequestStateStatus};
-pub use workflow::{ObservedObject, Step, Trigger, Workflow, WorkflowSpec, WorkflowStatus, WorkplanCounts};
+pub use workflow::{RecordedObject, Step, Trigger, Workflow, WorkflowSpec, WorkflowStatus, WorkplanCounts};
 pub use workplan::{EventKind, Phase, Task, TriggerEvent, Workplan, WorkplanSpec, WorkplanStatus};

@@ -163,12 +163,14 @@ pub struct WorkflowStatus {
     #[serde(default, alias = "lastObservedGeneration", skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Trigger objects the director has seen, by uid: which object, and its generation (or its
-    /// resourceVersion for kinds without a generation, such as ConfigMaps). An object fires only
-    /// when this changes; a recorded object missing from a re-list was deleted while the
-    /// director was away and fires `onDelete` once.
+    /// The trigger record: the trigger objects the director has recorded, by uid: which object,
+    /// and its generation (or its resourceVersion for kinds without a generation, such as
+    /// ConfigMaps). An object fires only when this changes; a recorded object missing from a
+    /// re-list was deleted while the director was away and fires `onDelete` once. A granular map:
+    /// server-side apply owns each uid on its own.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
-    pub last_observed_resource_generation: BTreeMap<String, ObservedObject>,
+    #[schemars(extend("x-kubernetes-map-type" = "granular"))]
+    pub last_observed_resource_generation: BTreeMap<String, RecordedObject>,
 
     /// Triggers whose already existing objects were recorded as a baseline, so that they never
     /// fire: `<apiVersion> <kind> <namespace>/<name or *> <selector>`.
@@ -201,10 +203,10 @@ pub struct WorkflowStatus {
     pub workplans: Option<WorkplanCounts>,
 }
 
-/// A trigger object as last seen by the director.
+/// One object of a Workflow's trigger record: a trigger object as the director last recorded it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct ObservedObject {
+pub struct RecordedObject {
     /// API version of the object.
     pub api_version: String,
     /// Kind of the object.
@@ -214,10 +216,10 @@ pub struct ObservedObject {
     pub namespace: Option<String>,
     /// Name of the object.
     pub name: String,
-    /// The object's generation when seen, for kinds that have one.
+    /// The object's generation when recorded, for kinds that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
-    /// The object's resourceVersion when seen, for kinds without a generation.
+    /// The object's resourceVersion when recorded, for kinds without a generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
 }

@@ -1,9 +1,9 @@
-//! Pure trigger decisions (DESIGN.md §6): given what a watch saw and what a Workflow has recorded,
-//! which events fire and what to record. No I/O: the engine in [`super`] feeds it watch events and
-//! carries out the fires.
+//! Pure trigger decisions (DESIGN.md §6): given what a trigger watch reports ([`WatchedObject`]s)
+//! and a Workflow's [`TriggerRecord`], which events fire and what to record. No I/O: the engine in
+//! [`super`] feeds it watch events and carries out the fires.
 //!
 //! Replay safety rests on three rules:
-//! - a trigger seen for the first time records the objects that already match as a baseline and
+//! - a trigger served for the first time records the objects that already match as a baseline and
 //!   fires nothing for them;
 //! - afterwards an object fires only when its generation (or resourceVersion, for kinds without a
 //!   generation) differs from the recorded one, so a re-list, a restart or a duplicate delivery
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
-use shared_types::{EventKind, ObservedObject, Trigger};
+use shared_types::{EventKind, RecordedObject, Trigger, WorkflowStatus};
 
 /// One watch: objects of one kind in one namespace (or cluster-wide for cluster-scoped kinds).
 /// Discovery resolves the kind to its resource, so a trigger's optional `resource` is not part of
@@ -34,7 +34,7 @@ pub struct WatchKey {
 }
 
 impl WatchKey {
-    fn holds(&self, recorded: &ObservedObject) -> bool {
+    fn holds(&self, recorded: &RecordedObject) -> bool {
         // Cluster-scoped objects have no namespace, whatever namespace the trigger defaulted to.
         recorded.api_version == self.api_version
             && recorded.kind == self.kind
@@ -42,9 +42,9 @@ impl WatchKey {
     }
 }
 
-/// An object as a watch reports it: metadata only.
+/// An object as a trigger watch reports it: metadata only.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Seen {
+pub struct WatchedObject {
     pub uid: String,
     pub name: String,
     pub namespace: Option<String>,
@@ -53,9 +53,9 @@ pub struct Seen {
     pub resource_version: Option<String>,
 }
 
-impl Seen {
-    fn record(&self, key: &WatchKey) -> ObservedObject {
-        ObservedObject {
+impl WatchedObject {
+    fn record(&self, key: &WatchKey) -> RecordedObject {
+        RecordedObject {
             api_version: key.api_version.clone(),
             kind: key.kind.clone(),
             namespace: self.namespace.clone(),
@@ -99,7 +99,7 @@ impl Rule {
         })
     }
 
-    fn matches(&self, object: &Seen) -> bool {
+    fn matches(&self, object: &WatchedObject) -> bool {
         self.name.as_ref().is_none_or(|name| *name == object.name) && self.selector.matches(&object.labels)
     }
 }
@@ -110,13 +110,24 @@ fn identity(trigger: &Trigger, namespace: &str, selector: &LabelSelector) -> Str
     format!("{} {} {namespace}/{name} {{{selector}}}", trigger.api_version, trigger.kind)
 }
 
-/// What the director has recorded for one Workflow (kept in its status).
+/// What the director has recorded for one Workflow's triggers (kept in its status:
+/// `lastObservedResourceGeneration` and `baselinedTriggers`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Memory {
-    /// Trigger objects by uid.
-    pub observed: BTreeMap<String, ObservedObject>,
+pub struct TriggerRecord {
+    /// Recorded trigger objects by uid.
+    pub objects: BTreeMap<String, RecordedObject>,
     /// Identities of the triggers whose baseline is taken.
     pub baselined: BTreeSet<String>,
+}
+
+impl TriggerRecord {
+    /// The record kept in a Workflow's status.
+    pub fn from_status(status: Option<&WorkflowStatus>) -> TriggerRecord {
+        status.map_or_else(TriggerRecord::default, |status| TriggerRecord {
+            objects: status.last_observed_resource_generation.clone(),
+            baselined: status.baselined_triggers.iter().cloned().collect(),
+        })
+    }
 }
 
 /// An event that starts a run.
@@ -124,7 +135,7 @@ pub struct Memory {
 pub struct Fire {
     pub event: EventKind,
     pub uid: String,
-    pub object: ObservedObject,
+    pub object: RecordedObject,
 }
 
 /// The result of one decision: what fires and what changed in the record.
@@ -149,13 +160,13 @@ impl Outcome {
 }
 
 /// Forgets triggers the Workflow no longer has, and the objects only they watched.
-pub fn retain(rules: &[Rule], memory: &mut Memory) -> Outcome {
+pub fn retain(rules: &[Rule], record: &mut TriggerRecord) -> Outcome {
     let mut outcome = Outcome::default();
     let identities: HashSet<&str> = rules.iter().map(|r| r.identity.as_str()).collect();
-    let before = memory.baselined.len();
-    memory.baselined.retain(|id| identities.contains(id.as_str()));
-    outcome.baselined = before != memory.baselined.len();
-    memory.observed.retain(|uid, recorded| {
+    let before = record.baselined.len();
+    record.baselined.retain(|id| identities.contains(id.as_str()));
+    outcome.baselined = before != record.baselined.len();
+    record.objects.retain(|uid, recorded| {
         let kept = rules
             .iter()
             .any(|r| r.key.holds(recorded) && r.name.as_ref().is_none_or(|n| *n == recorded.name));
@@ -169,24 +180,29 @@ pub fn retain(rules: &[Rule], memory: &mut Memory) -> Outcome {
 
 /// A complete listing of `key`: baselines new triggers, and diffs the others against the record
 /// (changes, additions and deletions that happened while nobody watched).
-pub fn on_listed(rules: &[Rule], key: &WatchKey, memory: &mut Memory, listed: &[Seen]) -> Outcome {
+pub fn on_listed(
+    rules: &[Rule],
+    key: &WatchKey,
+    record: &mut TriggerRecord,
+    listed: &[WatchedObject],
+) -> Outcome {
     let mut outcome = Outcome::default();
     let (baselined, new): (Vec<&Rule>, Vec<&Rule>) =
-        rules.iter().filter(|r| r.key == *key).partition(|r| memory.baselined.contains(&r.identity));
+        rules.iter().filter(|r| r.key == *key).partition(|r| record.baselined.contains(&r.identity));
 
     if !baselined.is_empty() {
         for object in listed {
-            applied(&baselined, key, memory, object, &mut outcome);
+            applied(&baselined, key, record, object, &mut outcome);
         }
         let present: HashSet<&str> = listed.iter().map(|o| o.uid.as_str()).collect();
-        let vanished: Vec<String> = memory
-            .observed
+        let vanished: Vec<String> = record
+            .objects
             .iter()
             .filter(|(uid, recorded)| key.holds(recorded) && !present.contains(uid.as_str()))
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in vanished {
-            let recorded = memory.observed.remove(&uid).expect("collected from the record");
+            let recorded = record.objects.remove(&uid).expect("collected from the record");
             let fires =
                 baselined.iter().any(|r| r.on_delete && r.name.as_ref().is_none_or(|n| *n == recorded.name));
             if fires {
@@ -198,36 +214,46 @@ pub fn on_listed(rules: &[Rule], key: &WatchKey, memory: &mut Memory, listed: &[
 
     for rule in new {
         for object in listed.iter().filter(|o| rule.matches(o)) {
-            if !memory.observed.contains_key(&object.uid) {
-                memory.observed.insert(object.uid.clone(), object.record(key));
+            if !record.objects.contains_key(&object.uid) {
+                record.objects.insert(object.uid.clone(), object.record(key));
                 outcome.recorded.push(object.uid.clone());
             }
         }
-        memory.baselined.insert(rule.identity.clone());
+        record.baselined.insert(rule.identity.clone());
         outcome.baselined = true;
     }
     outcome
 }
 
 /// An object of `key` was added or changed.
-pub fn on_applied(rules: &[Rule], key: &WatchKey, memory: &mut Memory, object: &Seen) -> Outcome {
+pub fn on_applied(
+    rules: &[Rule],
+    key: &WatchKey,
+    record: &mut TriggerRecord,
+    object: &WatchedObject,
+) -> Outcome {
     let mut outcome = Outcome::default();
     let baselined: Vec<&Rule> =
-        rules.iter().filter(|r| r.key == *key && memory.baselined.contains(&r.identity)).collect();
-    applied(&baselined, key, memory, object, &mut outcome);
+        rules.iter().filter(|r| r.key == *key && record.baselined.contains(&r.identity)).collect();
+    applied(&baselined, key, record, object, &mut outcome);
     outcome
 }
 
 /// An object of `key` was deleted.
-pub fn on_deleted(rules: &[Rule], key: &WatchKey, memory: &mut Memory, object: &Seen) -> Outcome {
+pub fn on_deleted(
+    rules: &[Rule],
+    key: &WatchKey,
+    record: &mut TriggerRecord,
+    object: &WatchedObject,
+) -> Outcome {
     let mut outcome = Outcome::default();
-    let Some(recorded) = memory.observed.remove(&object.uid) else {
+    let Some(recorded) = record.objects.remove(&object.uid) else {
         return outcome; // never matched, or already handled
     };
     let fires = rules.iter().any(|r| {
         r.key == *key
             && r.on_delete
-            && memory.baselined.contains(&r.identity)
+            && record.baselined.contains(&r.identity)
             && r.name.as_ref().is_none_or(|n| *n == recorded.name)
     });
     if fires {
@@ -237,20 +263,26 @@ pub fn on_deleted(rules: &[Rule], key: &WatchKey, memory: &mut Memory, object: &
     outcome
 }
 
-fn applied(rules: &[&Rule], key: &WatchKey, memory: &mut Memory, object: &Seen, outcome: &mut Outcome) {
+fn applied(
+    rules: &[&Rule],
+    key: &WatchKey,
+    record: &mut TriggerRecord,
+    object: &WatchedObject,
+    outcome: &mut Outcome,
+) {
     let matching: Vec<&&Rule> = rules.iter().filter(|r| r.matches(object)).collect();
     if matching.is_empty() {
         // Out of the triggers' scope (say its labels changed): forget it, fire nothing.
-        if memory.observed.remove(&object.uid).is_some() {
+        if record.objects.remove(&object.uid).is_some() {
             outcome.removed.push(object.uid.clone());
         }
         return;
     }
-    let record = object.record(key);
-    let event = match memory.observed.get(&object.uid) {
+    let recorded = object.record(key);
+    let event = match record.objects.get(&object.uid) {
         Some(previous)
-            if previous.generation == record.generation
-                && previous.resource_version == record.resource_version =>
+            if previous.generation == recorded.generation
+                && previous.resource_version == recorded.resource_version =>
         {
             outcome.deduplicated += 1;
             return;
@@ -258,10 +290,10 @@ fn applied(rules: &[&Rule], key: &WatchKey, memory: &mut Memory, object: &Seen, 
         Some(_) => EventKind::Updated,
         None => EventKind::Added,
     };
-    memory.observed.insert(object.uid.clone(), record.clone());
+    record.objects.insert(object.uid.clone(), recorded.clone());
     outcome.recorded.push(object.uid.clone());
     if matching.iter().any(|r| r.on_add_or_update) {
-        outcome.fires.push(Fire { event, uid: object.uid.clone(), object: record });
+        outcome.fires.push(Fire { event, uid: object.uid.clone(), object: recorded });
     }
 }
 
@@ -295,8 +327,8 @@ mod tests {
         triggers.iter().map(|t| Rule::new(t, "ns").unwrap()).collect()
     }
 
-    fn cm(uid: &str, name: &str, rv: &str, labels: &[(&str, &str)]) -> Seen {
-        Seen {
+    fn cm(uid: &str, name: &str, rv: &str, labels: &[(&str, &str)]) -> WatchedObject {
+        WatchedObject {
             uid: uid.into(),
             name: name.into(),
             namespace: Some("ns".into()),
@@ -327,75 +359,75 @@ mod tests {
     }
 
     /// A Workflow whose trigger has taken its baseline over `existing`.
-    fn baselined(rules: &[Rule], existing: &[Seen]) -> Memory {
-        let mut memory = Memory::default();
-        let outcome = on_listed(rules, &key(), &mut memory, existing);
+    fn baselined(rules: &[Rule], existing: &[WatchedObject]) -> TriggerRecord {
+        let mut record = TriggerRecord::default();
+        let outcome = on_listed(rules, &key(), &mut record, existing);
         assert!(outcome.fires.is_empty(), "a baseline fires nothing: {outcome:?}");
-        memory
+        record
     }
 
     #[test]
     fn existing_objects_are_a_baseline() {
         let rules = rules(&[trigger(Some("my-config"), &[], true, true)]);
-        let mut memory = Memory::default();
+        let mut record = TriggerRecord::default();
         let outcome = on_listed(
             &rules,
             &key(),
-            &mut memory,
+            &mut record,
             &[cm("u1", "my-config", "10", &[]), cm("u2", "other", "11", &[])],
         );
         assert_eq!(fired(&outcome), vec![]);
         assert!(outcome.baselined);
         assert_eq!(outcome.recorded, vec!["u1"]);
-        assert_eq!(memory.observed["u1"].resource_version.as_deref(), Some("10"));
-        assert_eq!(memory.baselined.len(), 1);
+        assert_eq!(record.objects["u1"].resource_version.as_deref(), Some("10"));
+        assert_eq!(record.baselined.len(), 1);
     }
 
     #[test]
     fn each_new_version_fires_once() {
         let rules = rules(&[trigger(Some("my-config"), &[], true, true)]);
-        let mut memory = baselined(&rules, &[cm("u1", "my-config", "10", &[])]);
+        let mut record = baselined(&rules, &[cm("u1", "my-config", "10", &[])]);
         let update = cm("u1", "my-config", "12", &[]);
-        let first = on_applied(&rules, &key(), &mut memory, &update);
+        let first = on_applied(&rules, &key(), &mut record, &update);
         assert_eq!(fired(&first), vec![(EventKind::Updated, "my-config".into(), "12".into())]);
-        let replay = on_applied(&rules, &key(), &mut memory, &update);
+        let replay = on_applied(&rules, &key(), &mut record, &update);
         assert_eq!((fired(&replay), replay.deduplicated, replay.changed()), (vec![], 1, false));
     }
 
     #[test]
     fn new_objects_fire_added() {
         let rules = rules(&[trigger(None, &[("app", "web")], true, false)]);
-        let mut memory = baselined(&rules, &[]);
-        let outcome = on_applied(&rules, &key(), &mut memory, &cm("u9", "web-2", "30", &[("app", "web")]));
+        let mut record = baselined(&rules, &[]);
+        let outcome = on_applied(&rules, &key(), &mut record, &cm("u9", "web-2", "30", &[("app", "web")]));
         assert_eq!(fired(&outcome), vec![(EventKind::Added, "web-2".into(), "30".into())]);
     }
 
     #[test]
     fn non_matching_objects_are_ignored() {
         let rules = rules(&[trigger(Some("my-config"), &[("app", "web")], true, true)]);
-        let mut memory = baselined(&rules, &[]);
+        let mut record = baselined(&rules, &[]);
         for object in
             [cm("a", "other-name", "1", &[("app", "web")]), cm("b", "my-config", "1", &[("app", "db")])]
         {
-            let outcome = on_applied(&rules, &key(), &mut memory, &object);
+            let outcome = on_applied(&rules, &key(), &mut record, &object);
             assert_eq!((fired(&outcome), outcome.changed()), (vec![], false));
         }
         let other_namespace = WatchKey { namespace: Some("elsewhere".into()), ..key() };
         let outcome =
-            on_applied(&rules, &other_namespace, &mut memory, &cm("c", "my-config", "1", &[("app", "web")]));
+            on_applied(&rules, &other_namespace, &mut record, &cm("c", "my-config", "1", &[("app", "web")]));
         assert_eq!((fired(&outcome), outcome.changed()), (vec![], false));
     }
 
     #[test]
     fn relists_fire_only_what_changed_while_away() {
         let rules = rules(&[trigger(None, &[], true, true)]);
-        let mut memory = baselined(
+        let mut record = baselined(
             &rules,
             &[cm("same", "same", "1", &[]), cm("changed", "changed", "2", &[]), cm("gone", "gone", "3", &[])],
         );
         let relist =
             [cm("same", "same", "1", &[]), cm("changed", "changed", "5", &[]), cm("new", "new", "6", &[])];
-        let outcome = on_listed(&rules, &key(), &mut memory, &relist);
+        let outcome = on_listed(&rules, &key(), &mut record, &relist);
         assert_eq!(
             fired(&outcome),
             vec![
@@ -405,54 +437,56 @@ mod tests {
             ]
         );
         assert_eq!(outcome.deduplicated, 1);
-        let again = on_listed(&rules, &key(), &mut memory, &relist);
+        let again = on_listed(&rules, &key(), &mut record, &relist);
         assert_eq!((fired(&again), again.changed()), (vec![], false), "a second re-list fires nothing");
     }
 
     #[test]
     fn deletions_fire_once_with_the_recorded_version() {
         let rules = rules(&[trigger(None, &[], true, true)]);
-        let mut memory = baselined(&rules, &[cm("u1", "cfg", "7", &[])]);
+        let mut record = baselined(&rules, &[cm("u1", "cfg", "7", &[])]);
         let final_state = cm("u1", "cfg", "8", &[]);
-        let outcome = on_deleted(&rules, &key(), &mut memory, &final_state);
+        let outcome = on_deleted(&rules, &key(), &mut record, &final_state);
         assert_eq!(fired(&outcome), vec![(EventKind::Deleted, "cfg".into(), "7".into())]);
-        assert_eq!(fired(&on_deleted(&rules, &key(), &mut memory, &final_state)), vec![]);
+        assert_eq!(fired(&on_deleted(&rules, &key(), &mut record, &final_state)), vec![]);
     }
 
     #[test]
     fn event_flags_are_honoured_but_objects_are_still_recorded() {
         let only_delete = rules(&[trigger(None, &[], false, true)]);
-        let mut memory = baselined(&only_delete, &[]);
-        let outcome = on_applied(&only_delete, &key(), &mut memory, &cm("u1", "cfg", "1", &[]));
+        let mut record = baselined(&only_delete, &[]);
+        let outcome = on_applied(&only_delete, &key(), &mut record, &cm("u1", "cfg", "1", &[]));
         assert_eq!((fired(&outcome), outcome.recorded.clone()), (vec![], vec!["u1".to_string()]));
         assert_eq!(
-            fired(&on_deleted(&only_delete, &key(), &mut memory, &cm("u1", "cfg", "2", &[]))).len(),
+            fired(&on_deleted(&only_delete, &key(), &mut record, &cm("u1", "cfg", "2", &[]))).len(),
             1
         );
 
         let only_update = rules(&[trigger(None, &[], true, false)]);
-        let mut memory = baselined(&only_update, &[cm("u1", "cfg", "1", &[])]);
-        let outcome = on_deleted(&only_update, &key(), &mut memory, &cm("u1", "cfg", "2", &[]));
+        let mut record = baselined(&only_update, &[cm("u1", "cfg", "1", &[])]);
+        let outcome = on_deleted(&only_update, &key(), &mut record, &cm("u1", "cfg", "2", &[]));
         assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec!["u1".to_string()]));
     }
 
     #[test]
     fn kinds_with_a_generation_fire_on_spec_changes_only() {
         let rules = rules(&[trigger(None, &[], true, true)]);
-        let deployment =
-            |rv: &str, generation: i64| Seen { generation: Some(generation), ..cm("d", "web", rv, &[]) };
-        let mut memory = baselined(&rules, &[deployment("1", 1)]);
-        let status_only = on_applied(&rules, &key(), &mut memory, &deployment("2", 1));
+        let deployment = |rv: &str, generation: i64| WatchedObject {
+            generation: Some(generation),
+            ..cm("d", "web", rv, &[])
+        };
+        let mut record = baselined(&rules, &[deployment("1", 1)]);
+        let status_only = on_applied(&rules, &key(), &mut record, &deployment("2", 1));
         assert_eq!((fired(&status_only), status_only.deduplicated), (vec![], 1));
-        let spec_change = on_applied(&rules, &key(), &mut memory, &deployment("3", 2));
+        let spec_change = on_applied(&rules, &key(), &mut record, &deployment("3", 2));
         assert_eq!(fired(&spec_change), vec![(EventKind::Updated, "web".into(), "g2".into())]);
     }
 
     #[test]
     fn leaving_the_selector_forgets_without_firing() {
         let rules = rules(&[trigger(None, &[("app", "web")], true, true)]);
-        let mut memory = baselined(&rules, &[cm("u1", "cfg", "1", &[("app", "web")])]);
-        let outcome = on_applied(&rules, &key(), &mut memory, &cm("u1", "cfg", "2", &[("app", "db")]));
+        let mut record = baselined(&rules, &[cm("u1", "cfg", "1", &[("app", "web")])]);
+        let outcome = on_applied(&rules, &key(), &mut record, &cm("u1", "cfg", "2", &[("app", "db")]));
         assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec!["u1".to_string()]));
     }
 
@@ -460,34 +494,34 @@ mod tests {
     fn two_triggers_on_one_object_fire_once() {
         let rules =
             rules(&[trigger(Some("cfg"), &[], true, true), trigger(None, &[("app", "web")], true, true)]);
-        let mut memory = baselined(&rules, &[]);
-        let outcome = on_applied(&rules, &key(), &mut memory, &cm("u1", "cfg", "1", &[("app", "web")]));
+        let mut record = baselined(&rules, &[]);
+        let outcome = on_applied(&rules, &key(), &mut record, &cm("u1", "cfg", "1", &[("app", "web")]));
         assert_eq!(fired(&outcome).len(), 1);
     }
 
     #[test]
     fn a_trigger_added_later_takes_its_own_baseline() {
         let first = rules(&[trigger(Some("a"), &[], true, true)]);
-        let mut memory = baselined(&first, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
+        let mut record = baselined(&first, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
         let both = rules(&[trigger(Some("a"), &[], true, true), trigger(Some("b"), &[], true, true)]);
-        assert!(!retain(&both, &mut memory).changed());
+        assert!(!retain(&both, &mut record).changed());
         let outcome =
-            on_listed(&both, &key(), &mut memory, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
+            on_listed(&both, &key(), &mut record, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
         assert_eq!(fired(&outcome), vec![], "b already existed when its trigger appeared");
-        assert!(memory.observed.contains_key("ub"));
-        let update = on_applied(&both, &key(), &mut memory, &cm("ub", "b", "2", &[]));
+        assert!(record.objects.contains_key("ub"));
+        let update = on_applied(&both, &key(), &mut record, &cm("ub", "b", "2", &[]));
         assert_eq!(fired(&update), vec![(EventKind::Updated, "b".into(), "2".into())]);
     }
 
     #[test]
     fn removed_triggers_are_forgotten() {
         let rules_ab = rules(&[trigger(Some("a"), &[], true, true), trigger(Some("b"), &[], true, true)]);
-        let mut memory = baselined(&rules_ab, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
+        let mut record = baselined(&rules_ab, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
         let only_a = rules(&[trigger(Some("a"), &[], true, true)]);
-        let outcome = retain(&only_a, &mut memory);
+        let outcome = retain(&only_a, &mut record);
         assert_eq!(outcome.removed, vec!["ub"]);
-        assert_eq!(memory.baselined.len(), 1);
+        assert_eq!(record.baselined.len(), 1);
         // Nothing fires for b's deletion now.
-        assert_eq!(fired(&on_deleted(&only_a, &key(), &mut memory, &cm("ub", "b", "2", &[]))), vec![]);
+        assert_eq!(fired(&on_deleted(&only_a, &key(), &mut record, &cm("ub", "b", "2", &[]))), vec![]);
     }
 }
