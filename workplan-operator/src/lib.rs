@@ -3,6 +3,7 @@
 //! expired, and owns `Workplan.status`. One replica acts at a time (leader election).
 
 pub mod metrics;
+pub mod plan;
 pub mod reconcile;
 pub mod status;
 
@@ -12,14 +13,15 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
+use plumbing::kit::{self, Events};
 use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
 use shared_types::{JobState, RequestState, Workplan};
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::reconcile::{Context, error_policy, reconcile};
+use crate::reconcile::{Context, error_backoff, error_policy, reconcile};
 
 /// `workplan-operator` flags.
 #[derive(clap::Parser, Debug, Clone)]
@@ -48,63 +50,74 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// [`run`] with the shutdown signal given.
 pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let Some(process) = Process::start(
-        "workplan-operator",
-        &args.common,
-        Some(&args.leader),
-        metrics.registry.clone(),
-        shutdown,
-    )
-    .await?
+    let Some(process) =
+        Process::start("workplan-operator", &args.common, Some(&args.leader), metrics.registry(), shutdown)
+            .await?
     else {
         return Ok(());
     };
     let client = process.client.clone();
-    let reporter =
-        Reporter { controller: "kubeci-workplan-operator".into(), instance: Some(process.identity.clone()) };
-    let context = Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
-        metrics: metrics.clone(),
-        worker_lease_namespace: args.worker_lease_namespace.clone(),
-    });
-    let (workplans, requests): (Api<Workplan>, Api<RequestState>) = match &args.common.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    // Worker Leases: a Lease that changes or disappears re-examines the jobs its worker started
-    // at once, instead of when the lease would have expired.
-    let (started_jobs, writer) = reflector::store::<RequestState>();
-    let requests_cache =
-        reflector(writer, watcher(requests.clone(), watcher::Config::default().any_semantic()))
+    let namespace = args.common.namespace.as_deref();
+
+    // One watch per kind, each feeding its cache and the controller's triggers from the same
+    // stream. Not kube's shared streams: they drop deletions, and a deleted Lease (a worker that
+    // stopped) or RequestState must trigger its Workplan at once. managedFields are dropped before
+    // caching: nothing reads them, and a replace without them keeps the stored ones.
+    let (requests, requests_writer) = reflector::store::<RequestState>();
+    let request_events =
+        watcher(kit::api::<RequestState>(&client, namespace), watcher::Config::default().any_semantic())
+            .modify(|r| r.metadata.managed_fields = None)
             .default_backoff()
-            .for_each(|_| std::future::ready(()));
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.worker_lease_namespace);
-    let controller = Controller::new(workplans, watcher::Config::default().any_semantic())
-        .owns(requests, watcher::Config::default().any_semantic())
-        .watches(leases, watcher::Config::default(), move |lease: Lease| {
-            jobs_of(&started_jobs, &lease.name_any())
-        });
-    let store = controller.store();
+            .reflect(requests_writer)
+            .touched_objects();
+    let (leases, leases_writer) = reflector::store::<Lease>();
+    let lease_events = watcher(
+        Api::<Lease>::namespaced(client.clone(), &args.worker_lease_namespace),
+        watcher::Config::default(),
+    )
+    .modify(|l| l.metadata.managed_fields = None)
+    .default_backoff()
+    .reflect(leases_writer)
+    .touched_objects();
+
+    let started_jobs = requests.clone();
+    let controller =
+        Controller::new(kit::api::<Workplan>(&client, namespace), watcher::Config::default().any_semantic())
+            .owns_stream(request_events)
+            // A Lease that changes or disappears re-examines the jobs its worker started at once,
+            // instead of when the lease would have expired.
+            .watches_stream(lease_events, move |lease: Lease| jobs_of(&started_jobs, &lease.name_any()));
+
+    let (synced_tx, synced) = watch::channel(false);
+    let (requests_synced, leases_synced, workplans) = (requests.clone(), leases.clone(), controller.store());
     let ready = process.readiness.clone();
     tokio::spawn(async move {
-        if ready.set_ready_when_synced(&store).await {
-            tracing::info!("Workplan cache synced; ready");
+        // The only waiter on these two stores (kube-runtime 5 wakes just the last of several).
+        if requests_synced.wait_until_ready().await.is_ok() && leases_synced.wait_until_ready().await.is_ok()
+        {
+            synced_tx.send_replace(true);
+            if ready.set_ready_when_synced(&workplans).await {
+                tracing::info!("Workplan, RequestState and Lease caches synced; ready");
+            }
         }
+    });
+
+    let context = Arc::new(Context {
+        client: client.clone(),
+        events: Events::new(client.clone(), "kubeci-workplan-operator", &process.identity),
+        metrics,
+        requests,
+        leases,
+        worker_lease_namespace: args.worker_lease_namespace.clone(),
+        synced,
+        backoff: error_backoff(),
     });
     let stop = process.shutdown.clone();
     let controller = controller
         .graceful_shutdown_on(async move { stop.requested().await })
         .run(reconcile, error_policy, context)
         .for_each(|_| async {});
-    process
-        .run(async move {
-            tokio::select! {
-                _ = controller => {}
-                _ = requests_cache => {}
-            }
-        })
-        .await?;
+    process.run(controller).await?;
     Ok(())
 }
 

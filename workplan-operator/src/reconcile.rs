@@ -1,41 +1,58 @@
-//! The Workplan reconciler: fetch the RequestState and the claimant's Lease (I/O), ask the
-//! protocol what to do (pure), write the RequestState and the Workplan's status (I/O).
+//! The Workplan reconciler, as a pipeline: fetch the RequestState and the claimant's Lease from
+//! the caches → [`plan`](crate::plan::plan) (pure: decide, build the write, the Event and the
+//! status) → apply the RequestState write → apply the Workplan status, only when it changed.
+//!
+//! Reading from caches instead of the API server is safe because every write is guarded:
+//! a RequestState replaced from a cached copy older than the stored one (someone wrote since,
+//! or the operator's own last write has not come back through the watch yet) fails on its
+//! resourceVersion precondition (409) and nothing is written; a create that finds the object
+//! (409 AlreadyExists) means the cache is behind, and the watch brings the RequestState and with
+//! it the next reconciliation. A Lease renewal the cache has not seen yet can only make a live
+//! worker look lost if the watch lags by more than the time between a renewal and the expiry
+//! (workers renew a third of the lease duration before it ends), and its Event triggers a look
+//! of its own.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use shared_types::protocol::{self, Next};
+use plumbing::kit::{ErrorBackoff, Events, MetricLabel};
 use shared_types::{JobState, Phase, RequestState, Workplan};
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::status;
+use crate::plan::{self, Notice, Plan, Write};
 
-/// Errors of one reconciliation; `metric_label` is a fixed, low-cardinality name.
+/// The field manager of every write the operator makes: RequestState creates and requests, and
+/// `Workplan.status`.
+pub const MANAGER: &str = "kubeci-workplan-operator";
+
+/// How soon to decide again after a RequestState write lost to another writer (or to the
+/// cache being behind). The watch normally brings the newer RequestState sooner.
+const CONFLICT_RETRY: Duration = Duration::from_secs(1);
+
+/// The errors of the workplan-operator, each with its fixed `errors_total{error}` label.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading RequestState {name}: {source}")]
-    Read { name: String, source: kube::Error },
     #[error("writing RequestState {name}: {source}")]
     Write { name: String, source: kube::Error },
-    #[error("reading the Lease of worker {worker}: {source}")]
-    Lease { worker: String, source: kube::Error },
-    #[error("writing the status of Workplan {name}: {source}")]
+    #[error("applying the status of Workplan {name}: {source}")]
     Status { name: String, source: kube::Error },
+    #[error("the RequestState and Lease caches stopped before they synced")]
+    NotSynced,
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl MetricLabel for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
-            Error::Read { .. } => "read_request_state",
             Error::Write { .. } => "write_request_state",
-            Error::Lease { .. } => "read_lease",
             Error::Status { .. } => "status",
+            Error::NotSynced => "not_synced",
         }
     }
 }
@@ -43,160 +60,142 @@ impl Error {
 /// Shared by every reconciliation.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// Every RequestState in the operator's namespace(s), from the one RequestState watch.
+    pub requests: Store<RequestState>,
+    /// Every Lease in the workers' namespace, from the one Lease watch.
+    pub leases: Store<Lease>,
     /// Where workers keep their Leases.
     pub worker_lease_namespace: String,
+    /// True once `requests` and `leases` have their first complete listing: before that a
+    /// missing RequestState would be created again and a missing Lease would make its worker
+    /// look lost.
+    pub synced: watch::Receiver<bool>,
+    /// Per-Workplan back-off of failed reconciliations.
+    pub backoff: ErrorBackoff<ObjectRef<Workplan>>,
+}
+
+impl Context {
+    async fn caches_synced(&self) -> Result<(), Error> {
+        self.synced.clone().wait_for(|synced| *synced).await.map(|_| ()).map_err(|_| Error::NotSynced)
+    }
 }
 
 pub async fn reconcile(workplan: Arc<Workplan>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&workplan, &ctx).await;
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    let result = ctx.metrics.reconcile.measure(reconcile_inner(&workplan, &ctx)).await;
+    if result.is_ok() {
+        ctx.backoff.reset(&ObjectRef::from_obj(&*workplan));
+    }
     result
 }
 
 async fn reconcile_inner(workplan: &Workplan, ctx: &Context) -> Result<Action, Error> {
-    if workplan.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished) {
-        return Ok(Action::await_change());
-    }
-    let name = workplan.name_any();
-    let namespace = workplan.namespace().unwrap_or_default();
-    let requests: Api<RequestState> = Api::namespaced(ctx.client.clone(), &namespace);
-    let request =
-        requests.get_opt(&name).await.map_err(|source| Error::Read { name: name.clone(), source })?;
+    let (request, lease_expiry) = fetch(workplan, ctx).await?;
     if let Some(request) = &request
-        && Some(&request.spec.request_uid) != workplan.metadata.uid.as_ref()
+        && !plan::belongs_to(request, workplan)
     {
-        // The RequestState of an earlier Workplan of the same name; garbage collection removes it.
-        tracing::info!(workplan = %name, "waiting for the previous Workplan's RequestState to be collected");
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        tracing::info!(workplan = %workplan.name_any(), "waiting for the previous Workplan's RequestState to be collected");
     }
+    let plan = plan::plan(workplan, request.as_deref(), lease_expiry, Timestamp::now());
+    apply(workplan, plan, ctx).await
+}
 
-    let now = Timestamp::now();
-    let lease_expiry = match request
+/// This Workplan's RequestState and, for a started job, when its worker's Lease expires.
+async fn fetch(
+    workplan: &Workplan,
+    ctx: &Context,
+) -> Result<(Option<Arc<RequestState>>, Option<Timestamp>), Error> {
+    ctx.caches_synced().await?;
+    let key = ObjectRef::new(&workplan.name_any()).within(&workplan.namespace().unwrap_or_default());
+    let request = ctx.requests.get(&key);
+    let lease_expiry = request
         .as_ref()
         .filter(|r| r.spec.state == JobState::Started)
-        .and_then(|r| r.spec.worker.clone())
-    {
-        Some(worker) => lease_expiry(ctx, &worker).await?,
-        None => None,
-    };
-    let alive = |_: &str| lease_expiry.is_some_and(|expiry| expiry > now);
+        .and_then(|r| r.spec.worker.as_deref())
+        .and_then(|worker| {
+            let lease = ctx.leases.get(&ObjectRef::new(worker).within(&ctx.worker_lease_namespace))?;
+            plan::lease_expiry(&lease, worker)
+        });
+    Ok((request, lease_expiry))
+}
 
-    let mut finish = None;
-    let mut written = None;
-    let action = match protocol::next(workplan.spec.tasks.len(), request.as_ref(), alive) {
-        Err(problem) => {
-            let reason = format!("the RequestState cannot be followed: {problem}");
-            publish(ctx, workplan, EventType::Warning, "ProtocolError", &reason).await;
-            finish = Some((Phase::Failed, reason));
-            Action::await_change()
-        }
-        Ok(Next::Create) => {
-            let fresh = protocol::first_request(workplan, now);
-            match requests.create(&PostParams::default(), &fresh).await {
-                Ok(created) => {
-                    ctx.metrics.requests.inc();
-                    publish(ctx, workplan, EventType::Normal, "Started", "requested task-0").await;
-                    written = Some(created);
-                }
-                Err(kube::Error::Api(e)) if e.code == 409 => {} // created before; the watch brings it
-                Err(source) => return Err(Error::Write { name, source }),
-            }
-            Action::await_change()
-        }
-        Ok(Next::Request { job, message }) => {
-            let current = request.as_ref().expect("a request follows an existing RequestState");
-            let next = protocol::request(current, job, message.clone(), now);
-            match requests.replace(&name, &PostParams::default(), &next).await {
-                Ok(stored) => {
-                    ctx.metrics.requests.inc();
-                    if let Some(message) = &message {
-                        ctx.metrics.workers_lost.inc();
-                        publish(
-                            ctx,
-                            workplan,
-                            EventType::Warning,
-                            "WorkerLost",
-                            &format!("{message}; {job} requested again"),
-                        )
-                        .await;
-                    }
-                    written = Some(stored);
-                }
-                // Someone wrote in between (a worker's report): decide again on the new state.
-                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
-                Err(source) => return Err(Error::Write { name, source }),
-            }
-            Action::await_change()
-        }
-        Ok(Next::Wait) => match lease_expiry {
-            // A started job: look again when its worker's lease would expire.
-            Some(expiry) => Action::requeue(
-                Duration::try_from(expiry.duration_since(now)).unwrap_or_default() + Duration::from_secs(1),
-            ),
-            None => Action::await_change(),
-        },
-        Ok(Next::Finish { phase, reason }) => {
-            let (type_, reason_name) = match phase {
-                Phase::Failed => (EventType::Warning, "Failed"),
-                _ => (EventType::Normal, "Completed"),
-            };
-            publish(ctx, workplan, type_, reason_name, &reason).await;
-            ctx.metrics.finished.with_label_values(&[reason_name]).inc();
-            finish = Some((phase, reason));
-            Action::await_change()
-        }
+/// Makes the plan's writes in order (RequestState, then status), telling each notice once the
+/// write it reports is stored.
+async fn apply(workplan: &Workplan, plan: Plan, ctx: &Context) -> Result<Action, Error> {
+    let name = workplan.name_any();
+    let namespace = workplan.namespace().unwrap_or_default();
+    let (write_notice, status_notice) = match plan.notice {
+        Some(notice) if notice.reports_write() => (Some(notice), None),
+        notice => (None, notice),
     };
 
-    let latest = written.as_ref().or(request.as_ref());
-    let status = status::derive(workplan, latest, finish, now);
-    if workplan.status.as_ref() != Some(&status) {
-        let patch = serde_json::json!({ "status": status });
+    if let Some(write) = &plan.write {
+        let requests: Api<RequestState> = Api::namespaced(ctx.client.clone(), &namespace);
+        let params = PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() };
+        let stored = match write {
+            Write::Create(fresh) => requests.create(&params, fresh).await,
+            Write::Replace(next) => requests.replace(&name, &params, next).await,
+        };
+        match stored {
+            Ok(_) => {
+                ctx.metrics.requests.inc();
+                if let Some(notice) = &write_notice {
+                    tell(ctx, workplan, notice).await;
+                }
+            }
+            // Created before; the watch brings it.
+            Err(kube::Error::Api(e)) if e.code == 409 && matches!(write, Write::Create(_)) => {
+                return Ok(Action::await_change());
+            }
+            // Someone wrote in between (a worker's report), or the cache is behind: decide again
+            // on the newer RequestState.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(CONFLICT_RETRY)),
+            Err(source) => return Err(Error::Write { name, source }),
+        }
+    }
+
+    if let Some(status) = &plan.status {
+        let patch = serde_json::json!({
+            "apiVersion": Workplan::api_version(&()),
+            "kind": Workplan::kind(&()),
+            "status": status,
+        });
         Api::<Workplan>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(|source| Error::Status { name: name.clone(), source })?;
     }
-    Ok(action)
-}
-
-/// When the worker's Lease expires; `None` if it has none (never had, or deleted it on exit).
-async fn lease_expiry(ctx: &Context, worker: &str) -> Result<Option<Timestamp>, Error> {
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.worker_lease_namespace);
-    let lease =
-        leases.get_opt(worker).await.map_err(|source| Error::Lease { worker: worker.to_string(), source })?;
-    Ok(lease.and_then(|l| l.spec).and_then(|spec| {
-        if spec.holder_identity.as_deref() != Some(worker) {
-            return None;
-        }
-        let renewed = spec.renew_time.or(spec.acquire_time)?.0;
-        renewed
-            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
-                spec.lease_duration_seconds?,
-            )))
-            .ok()
-    }))
-}
-
-async fn publish(ctx: &Context, workplan: &Workplan, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &workplan.object_ref(&())).await {
-        tracing::debug!(error = %e, "could not publish an Event");
+    if let Some(notice) = &status_notice {
+        tell(ctx, workplan, notice).await;
     }
+
+    Ok(plan.requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Failed reconciliations are retried with a short delay; the error is counted by kind.
+/// Publishes the notice's Event and counts it.
+async fn tell(ctx: &Context, workplan: &Workplan, notice: &Notice) {
+    match notice {
+        Notice::WorkerLost { .. } => ctx.metrics.workers_lost.inc(),
+        Notice::Finished { phase, .. } => {
+            let label = if *phase == Phase::Failed { "Failed" } else { "Completed" };
+            ctx.metrics.finished.with_label_values(&[label]).inc();
+        }
+        Notice::Started | Notice::ProtocolError { .. } => {}
+    }
+    let (type_, reason, note) = notice.event();
+    ctx.events.publish(workplan, type_, reason, &note).await;
+}
+
+/// A failed reconciliation is counted by kind and retried after a back-off of its own
+/// Workplan, doubling from 2 s to a minute while it keeps failing.
 pub fn error_policy(workplan: Arc<Workplan>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(workplan = %workplan.name_any(), %error, "reconcile failed");
-    ctx.metrics.errors.with_label_values(&[error.metric_label()]).inc();
-    Action::requeue(Duration::from_secs(2))
+    ctx.metrics.reconcile.error(error);
+    Action::requeue(ctx.backoff.next(&ObjectRef::from_obj(&*workplan)))
+}
+
+/// The back-off of [`error_policy`].
+pub fn error_backoff() -> ErrorBackoff<ObjectRef<Workplan>> {
+    ErrorBackoff::new(Duration::from_secs(2), Duration::from_secs(60))
 }

@@ -157,28 +157,6 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_is_explained_while_cleaning_up() {
-        let rqs = claim(&requested(), "w1", at(1)).unwrap();
-        let rqs = report(
-            &rqs,
-            "w1",
-            JobState::Failed,
-            Some("node-a"),
-            Some("step \"step-2\" exited with code 3: boom".into()),
-            at(2),
-        )
-        .unwrap();
-        let rqs = request(&rqs, Job::Cleanup, None, at(3));
-        let status = derive(&seed_workplan(), Some(&rqs), None, at(3));
-        assert_eq!(status.phase, Some(Phase::Running));
-        assert_eq!(
-            status.reason.as_deref(),
-            Some("task-0 failed: step \"step-2\" exited with code 3: boom; cleaning up")
-        );
-        assert_eq!(status.task_index, Some(0), "the task that ran last, not the cleanup");
-    }
-
-    #[test]
     fn durations_read_like_kubectl() {
         assert_eq!(human(SignedDuration::from_secs(5)), "5s");
         assert_eq!(human(SignedDuration::from_secs(65)), "1m5s");

@@ -133,7 +133,32 @@ async fn walks_every_task_then_cleanup() {
     let rqs = Api::<RequestState>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap();
     assert_eq!(trail(&rqs), full_run());
     assert_eq!(rqs.spec.request_uid, wp.metadata.uid.unwrap());
-    assert_eq!(rqs.metadata.owner_references.unwrap()[0].kind, "Workplan");
+    assert_eq!(rqs.metadata.owner_references.as_ref().unwrap()[0].kind, "Workplan");
+
+    // Every write is attributed: the status is applied server-side, the RequestState written
+    // with the operator's field manager.
+    let workplan = Api::<Workplan>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap();
+    let managers = |meta: &ObjectMeta| -> Vec<(String, String, String)> {
+        meta.managed_fields
+            .iter()
+            .flatten()
+            .map(|f| {
+                let field = |v: &Option<String>| v.clone().unwrap_or_default();
+                (field(&f.manager), field(&f.operation), field(&f.subresource))
+            })
+            .collect()
+    };
+    let status_manager = ("kubeci-workplan-operator".into(), "Apply".into(), "status".into());
+    assert!(
+        managers(&workplan.metadata).contains(&status_manager),
+        "the Workplan status is applied by kubeci-workplan-operator: {:?}",
+        managers(&workplan.metadata)
+    );
+    assert!(
+        managers(&rqs.metadata).iter().any(|(manager, _, _)| manager == "kubeci-workplan-operator"),
+        "the RequestState names kubeci-workplan-operator: {:?}",
+        managers(&rqs.metadata)
+    );
 }
 
 #[tokio::test]
@@ -165,14 +190,24 @@ async fn a_lost_workers_job_is_requested_again() {
     let name = seed_workplan(&ns).await.metadata.name.unwrap();
     let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
 
-    // A live worker (fresh Lease) keeps its job.
+    // A live worker (fresh Lease) keeps its job. Its claim names the node of its pod: the
+    // Workplan shows that node only once the operator has reconciled the claimed RequestState,
+    // and a wrong re-request would have been written in that same reconciliation, before the
+    // status.
     lease(&ns, "worker-live", 30).await;
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
     let rqs = requested(&ns, &name, "task-0").await;
-    api.replace(&name, &PostParams::default(), &claim(&rqs, "worker-live", Timestamp::now()).unwrap())
+    let mut claimed = claim(&rqs, "worker-live", Timestamp::now()).unwrap();
+    claimed.status.as_mut().unwrap().history.last_mut().unwrap().node_name = Some("node-a".into());
+    api.replace(&name, &PostParams::default(), &claimed).await.unwrap();
+    let workplans: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let on_node = |w: Option<&Workplan>| {
+        w.and_then(|w| w.status.as_ref()).is_some_and(|s| s.node_name.as_deref() == Some("node-a"))
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(workplans, &name, on_node))
         .await
+        .expect("the operator reconciles the claim")
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await; // bounded: a wrong re-request would come at once
     assert_eq!(api.get(&name).await.unwrap().spec.state, JobState::Started, "a live worker keeps its job");
 
     // A worker whose Lease is gone (it stopped and released it) loses its job.

@@ -1,0 +1,399 @@
+//! The pure middle of a reconciliation: from a Workplan, its RequestState and the expiry of the
+//! claimant's Lease to the RequestState write, the Event and the Workplan status to make. No
+//! I/O and no clock (the caller passes `now`), so that every case is a unit test over the YAML
+//! fixtures in `tests/fixtures/`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::events::EventType;
+use shared_types::protocol::{self, Job, Next};
+use shared_types::{JobState, Phase, RequestState, Workplan, WorkplanStatus};
+
+use crate::status;
+
+/// How soon to look again while an earlier Workplan's RequestState of the same name waits for
+/// garbage collection. Its deletion triggers the new Workplan too (owner references are matched
+/// by name); this is the safety net.
+pub const EARLIER_REQUEST_RECHECK: Duration = Duration::from_secs(2);
+
+/// What one reconciliation of a Workplan does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The RequestState to write.
+    pub write: Option<Write>,
+    /// The Workplan status to apply; `None` when the current one is already right.
+    pub status: Option<WorkplanStatus>,
+    /// What to tell (an Event, the metrics) once the write or status it reports is stored.
+    pub notice: Option<Notice>,
+    /// Look again after this long even without a change; `None` waits for one.
+    pub requeue: Option<Duration>,
+}
+
+impl Plan {
+    /// Nothing to do until something changes.
+    pub fn wait() -> Plan {
+        Plan { write: None, status: None, notice: None, requeue: None }
+    }
+}
+
+/// A RequestState write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Create the first RequestState. If it exists already (409), the cache is behind: the watch
+    /// brings it and with it the next reconciliation.
+    Create(RequestState),
+    /// Replace the RequestState, guarded by the resourceVersion it was read at: a conflict (409)
+    /// means someone wrote in between, or the cache was behind, and nothing is written.
+    Replace(RequestState),
+}
+
+impl Write {
+    /// The RequestState as it will be stored.
+    pub fn request(&self) -> &RequestState {
+        match self {
+            Write::Create(request) | Write::Replace(request) => request,
+        }
+    }
+}
+
+/// What a reconciliation tells people (an Event) and the metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// task-0 was requested: Normal `Started`.
+    Started,
+    /// A started job was requested again because its worker is gone: Warning `WorkerLost`.
+    WorkerLost { job: Job, message: String },
+    /// The cleanup was attempted: Normal `Completed`, or Warning `Failed`.
+    Finished { phase: Phase, reason: String },
+    /// The RequestState cannot be followed, and the Workplan failed: Warning `ProtocolError`.
+    ProtocolError { reason: String },
+}
+
+impl Notice {
+    /// Whether it reports the RequestState write (told once the write is stored) rather than
+    /// the final status (told once the status is stored). A failed step is retried and told then,
+    /// so nothing is told twice and nothing is told that did not happen.
+    pub fn reports_write(&self) -> bool {
+        matches!(self, Notice::Started | Notice::WorkerLost { .. })
+    }
+
+    /// The Event: its type, reason and note.
+    pub fn event(&self) -> (EventType, &'static str, String) {
+        match self {
+            Notice::Started => (EventType::Normal, "Started", "requested task-0".into()),
+            Notice::WorkerLost { job, message } => {
+                (EventType::Warning, "WorkerLost", format!("{message}; {job} requested again"))
+            }
+            Notice::Finished { phase: Phase::Failed, reason } => {
+                (EventType::Warning, "Failed", reason.clone())
+            }
+            Notice::Finished { reason, .. } => (EventType::Normal, "Completed", reason.clone()),
+            Notice::ProtocolError { reason } => (EventType::Warning, "ProtocolError", reason.clone()),
+        }
+    }
+}
+
+/// Whether `request` is this Workplan's, not an earlier Workplan's of the same name.
+pub fn belongs_to(request: &RequestState, workplan: &Workplan) -> bool {
+    Some(&request.spec.request_uid) == workplan.metadata.uid.as_ref()
+}
+
+/// The plan for `workplan` given its RequestState (if any) and, for a started job, when its
+/// worker's Lease expires (`None`: no Lease, or not held by that worker).
+pub fn plan(
+    workplan: &Workplan,
+    request: Option<&RequestState>,
+    lease_expiry: Option<Timestamp>,
+    now: Timestamp,
+) -> Plan {
+    if workplan.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished) {
+        return Plan::wait();
+    }
+    if let Some(request) = request
+        && !belongs_to(request, workplan)
+    {
+        return Plan { requeue: Some(EARLIER_REQUEST_RECHECK), ..Plan::wait() };
+    }
+
+    let alive = |_: &str| lease_expiry.is_some_and(|expiry| expiry > now);
+    let mut write = None;
+    let mut notice = None;
+    let mut finish = None;
+    let mut requeue = None;
+    match protocol::next(workplan.spec.tasks.len(), request, alive) {
+        Err(problem) => {
+            let reason = format!("the RequestState cannot be followed: {problem}");
+            notice = Some(Notice::ProtocolError { reason: reason.clone() });
+            finish = Some((Phase::Failed, reason));
+        }
+        Ok(Next::Create) => {
+            write = Some(Write::Create(protocol::first_request(workplan, now)));
+            notice = Some(Notice::Started);
+        }
+        Ok(Next::Request { job, message }) => {
+            let current = request.expect("the protocol requests a job only of an existing RequestState");
+            notice = message.clone().map(|message| Notice::WorkerLost { job, message });
+            write = Some(Write::Replace(protocol::request(current, job, message, now)));
+        }
+        Ok(Next::Wait) => {
+            // A started job: look again when its worker's Lease would expire.
+            if request.is_some_and(|r| r.spec.state == JobState::Started)
+                && let Some(expiry) = lease_expiry
+            {
+                let left = Duration::try_from(expiry.duration_since(now)).unwrap_or_default();
+                requeue = Some(left + Duration::from_secs(1));
+            }
+        }
+        Ok(Next::Finish { phase, reason }) => {
+            notice = Some(Notice::Finished { phase, reason: reason.clone() });
+            finish = Some((phase, reason));
+        }
+    }
+
+    let latest = write.as_ref().map(Write::request).or(request);
+    let desired = status::derive(workplan, latest, finish, now);
+    let status = (workplan.status.as_ref() != Some(&desired)).then_some(desired);
+    Plan { write, status, notice, requeue }
+}
+
+/// When `worker`'s Lease expires; `None` if another holds it or it was released.
+pub fn lease_expiry(lease: &Lease, worker: &str) -> Option<Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(worker) {
+        return None;
+    }
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
+    renewed.checked_add(SignedDuration::from_secs(i64::from(spec.lease_duration_seconds?))).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use pretty_assertions::assert_eq;
+    use shared_types::HistoryEntry;
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn workplan() -> Workplan {
+        serde_yaml::from_str(&fixture("workplan.yaml")).unwrap()
+    }
+
+    fn request(name: &str) -> RequestState {
+        serde_yaml::from_str(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn now() -> Timestamp {
+        "2027-01-15T10:00:00Z".parse().unwrap()
+    }
+
+    fn seconds(s: i64) -> Timestamp {
+        now().checked_add(SignedDuration::from_secs(s)).unwrap()
+    }
+
+    fn last(request: &RequestState) -> HistoryEntry {
+        request.status.as_ref().unwrap().history.last().unwrap().clone()
+    }
+
+    fn requested_entry(job: Job, message: Option<&str>) -> HistoryEntry {
+        HistoryEntry {
+            job,
+            state: JobState::Requested,
+            timestamp: Time(now()),
+            worker: None,
+            node_name: None,
+            message: message.map(Into::into),
+        }
+    }
+
+    /// The replaced RequestState: same object and resourceVersion (the precondition), `job`
+    /// requested, one history entry more.
+    fn assert_requests(write: &Write, from: &RequestState, job: Job, message: Option<&str>) {
+        let Write::Replace(next) = write else { panic!("a replace, not {write:?}") };
+        assert_eq!(next.metadata, from.metadata, "written at the resourceVersion it was read at");
+        assert_eq!(
+            (next.spec.job, next.spec.state, next.spec.worker.as_deref()),
+            (job, JobState::Requested, None)
+        );
+        let history = &next.status.as_ref().unwrap().history;
+        assert_eq!(history.len(), from.status.as_ref().unwrap().history.len() + 1);
+        assert_eq!(last(next), requested_entry(job, message));
+    }
+
+    #[test]
+    fn a_new_workplan_gets_its_request_state() {
+        let wp = workplan();
+        let plan = plan(&wp, None, None, now());
+        let Some(Write::Create(created)) = &plan.write else { panic!("a create, not {:?}", plan.write) };
+        assert_eq!(
+            (created.metadata.name.as_deref(), created.metadata.namespace.as_deref()),
+            (Some("build-7f3a"), Some("ci"))
+        );
+        assert_eq!(created.spec.request_uid, wp.metadata.uid.clone().unwrap());
+        assert_eq!((created.spec.job, created.spec.state), (Job::Task(0), JobState::Requested));
+        let owner = &created.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("Workplan", Some(true)));
+        assert_eq!(created.status.as_ref().unwrap().history, [requested_entry(Job::Task(0), None)]);
+        assert_eq!(plan.notice, Some(Notice::Started));
+        assert_eq!(plan.notice.unwrap().event(), (EventType::Normal, "Started", "requested task-0".into()));
+        let status = plan.status.unwrap();
+        assert_eq!((status.phase, status.progress.as_deref()), (Some(Phase::Running), Some("1/2")));
+        assert_eq!(plan.requeue, None);
+    }
+
+    #[test]
+    fn a_requested_job_waits_and_a_current_status_is_left_alone() {
+        let mut wp = workplan();
+        let rqs = request("requested-task-0.yaml");
+        let first = plan(&wp, Some(&rqs), None, now());
+        assert_eq!((&first.write, &first.notice, first.requeue), (&None, &None, None));
+        let status = first.status.expect("the first status");
+        assert_eq!((status.phase, status.task_index), (Some(Phase::Running), Some(0)));
+        assert_eq!(status.start_time, Some(Time("2027-01-15T09:58:00Z".parse().unwrap())));
+
+        wp.status = Some(status);
+        assert_eq!(plan(&wp, Some(&rqs), None, seconds(30)), Plan::wait(), "the status is current: no write");
+    }
+
+    #[test]
+    fn a_started_job_of_a_live_worker_waits_for_its_lease() {
+        let rqs = request("started-task-0.yaml");
+        let plan = plan(&workplan(), Some(&rqs), Some(seconds(10)), now());
+        assert_eq!((&plan.write, &plan.notice), (&None, &None));
+        assert_eq!(plan.requeue, Some(Duration::from_secs(11)), "a second after the lease would expire");
+    }
+
+    #[test]
+    fn a_completed_task_requests_the_next() {
+        let rqs = request("completed-task-0.yaml");
+        let plan = plan(&workplan(), Some(&rqs), None, now());
+        assert_requests(plan.write.as_ref().unwrap(), &rqs, Job::Task(1), None);
+        assert_eq!((&plan.notice, plan.requeue), (&None, None));
+        let status = plan.status.unwrap();
+        assert_eq!(
+            (status.phase, status.task_index, status.progress.as_deref(), status.node_name.as_deref()),
+            (Some(Phase::Running), Some(1), Some("2/2"), Some("node-a"))
+        );
+    }
+
+    #[test]
+    fn a_failed_task_skips_the_rest_and_requests_the_cleanup() {
+        let rqs = request("failed-task-0.yaml");
+        let plan = plan(&workplan(), Some(&rqs), None, now());
+        assert_requests(plan.write.as_ref().unwrap(), &rqs, Job::Cleanup, None);
+        assert_eq!(plan.notice, None);
+        let status = plan.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Running));
+        assert_eq!(
+            status.reason.as_deref(),
+            Some("task-0 failed: step \"compile\" exited with code 2: no rule to make target; cleaning up")
+        );
+        assert_eq!(status.task_index, Some(0), "the task that ran last, not the cleanup");
+    }
+
+    #[test]
+    fn an_attempted_cleanup_finishes_the_workplan() {
+        let rqs = request("completed-cleanup.yaml");
+        let plan = plan(&workplan(), Some(&rqs), None, now());
+        assert_eq!(plan.write, None);
+        let reason = "all 2 tasks succeeded".to_string();
+        assert_eq!(plan.notice, Some(Notice::Finished { phase: Phase::Completed, reason: reason.clone() }));
+        assert!(!plan.notice.as_ref().unwrap().reports_write(), "told once the status is stored");
+        assert_eq!(plan.notice.unwrap().event(), (EventType::Normal, "Completed", reason.clone()));
+        let status = plan.status.unwrap();
+        assert_eq!((status.phase, status.reason), (Some(Phase::Completed), Some(reason)));
+        assert_eq!((status.progress.as_deref(), status.duration.as_deref()), (Some("2/2"), Some("2m0s")));
+        assert_eq!(status.completion_time, Some(Time(now())));
+        assert_eq!(
+            (status.conditions[0].status.as_str(), status.conditions[0].reason.as_str()),
+            ("True", "Completed")
+        );
+    }
+
+    #[test]
+    fn a_finished_workplan_is_left_alone() {
+        let mut wp = workplan();
+        let rqs = request("completed-cleanup.yaml");
+        wp.status = plan(&wp, Some(&rqs), None, now()).status;
+        assert_eq!(plan(&wp, Some(&rqs), None, seconds(60)), Plan::wait());
+    }
+
+    #[test]
+    fn a_lost_workers_job_is_requested_again() {
+        let rqs = request("started-task-0.yaml");
+        let message = "worker worker-a lost: its lease expired";
+        // Expired, or gone (deleted on exit, or never there): the same.
+        for expiry in [Some(seconds(-1)), None] {
+            let plan = plan(&workplan(), Some(&rqs), expiry, now());
+            assert_requests(plan.write.as_ref().unwrap(), &rqs, Job::Task(0), Some(message));
+            let notice = plan.notice.unwrap();
+            assert!(notice.reports_write());
+            assert_eq!(
+                notice.event(),
+                (EventType::Warning, "WorkerLost", format!("{message}; task-0 requested again"))
+            );
+            assert_eq!(plan.requeue, None);
+        }
+    }
+
+    #[test]
+    fn an_earlier_workplans_request_state_is_waited_out() {
+        let rqs = request("earlier-workplan.yaml");
+        assert_eq!(
+            plan(&workplan(), Some(&rqs), None, now()),
+            Plan { requeue: Some(EARLIER_REQUEST_RECHECK), ..Plan::wait() },
+            "neither written nor reported: it is not this Workplan's"
+        );
+    }
+
+    #[test]
+    fn a_protocol_error_fails_the_workplan() {
+        let rqs = request("past-last-task.yaml");
+        let plan = plan(&workplan(), Some(&rqs), None, now());
+        let reason = "the RequestState cannot be followed: RequestState job task-5 is past the Workplan's last task (it has 2)";
+        assert_eq!(plan.write, None);
+        assert_eq!(plan.notice, Some(Notice::ProtocolError { reason: reason.into() }));
+        assert_eq!(plan.notice.unwrap().event(), (EventType::Warning, "ProtocolError", reason.into()));
+        let status = plan.status.unwrap();
+        assert_eq!((status.phase, status.reason.as_deref()), (Some(Phase::Failed), Some(reason)));
+        assert_eq!(plan.requeue, None);
+    }
+
+    #[test]
+    fn a_failed_run_is_a_warning() {
+        let notice = Notice::Finished { phase: Phase::Failed, reason: "task-0 failed: boom".into() };
+        assert_eq!(notice.event(), (EventType::Warning, "Failed", "task-0 failed: boom".into()));
+    }
+
+    #[test]
+    fn a_lease_expires_renew_time_plus_duration_if_the_worker_holds_it() {
+        let lease: Lease = serde_yaml::from_str(
+            "
+            metadata: {name: worker-a}
+            spec:
+              holderIdentity: worker-a
+              leaseDurationSeconds: 15
+              acquireTime: '2027-01-15T09:00:00.000000Z'
+              renewTime: '2027-01-15T09:59:50.000000Z'
+            ",
+        )
+        .unwrap();
+        assert_eq!(lease_expiry(&lease, "worker-a"), Some(seconds(5)));
+        assert_eq!(lease_expiry(&lease, "worker-b"), None, "held by another");
+        let mut released = lease.clone();
+        released.spec.as_mut().unwrap().holder_identity = None;
+        assert_eq!(lease_expiry(&released, "worker-a"), None, "released on exit");
+        let mut never_renewed = lease;
+        never_renewed.spec.as_mut().unwrap().renew_time = None;
+        assert_eq!(
+            lease_expiry(&never_renewed, "worker-a"),
+            Some(seconds(-3600 + 15)),
+            "from the acquire time"
+        );
+    }
+}
