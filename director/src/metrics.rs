@@ -8,7 +8,8 @@ pub struct Metrics {
     registrar: Registrar,
     /// `reconcile_total`, `reconcile_duration_seconds` and `errors_total{error}`.
     pub reconcile: ReconcileMetrics,
-    /// Events delivered by the trigger watches (listings and single changes).
+    /// Events of the trigger watches handled (listings and single changes), counted once the
+    /// Workplans they start exist.
     pub trigger_events: IntCounter,
     /// Trigger objects that fired: one per distinct (Workflow, object, version) watched.
     pub trigger_fired: IntCounter,
@@ -31,7 +32,7 @@ impl Metrics {
         let r = Registrar::new("kubeci_director");
         Metrics {
             reconcile: ReconcileMetrics::register(&r, "Workflow"),
-            trigger_events: r.counter("trigger_events_total", "Events delivered by trigger watches"),
+            trigger_events: r.counter("trigger_events_total", "Trigger watch events handled"),
             trigger_fired: r
                 .counter("trigger_fired_total", "Distinct watched trigger object versions that fired"),
             trigger_deduplicated: r

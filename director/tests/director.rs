@@ -168,6 +168,76 @@ async fn seed_with_config_map(test: &str) -> (TestNamespace, Api<ConfigMap>, Dir
     (ns, cms, director)
 }
 
+/// The status fields each field manager owns, from `metadata.managedFields` entries on the status
+/// subresource: `(manager, operation, top-level status fields)`.
+fn status_owners(wf: &Workflow) -> Vec<(String, String, BTreeSet<String>)> {
+    let entries = wf.metadata.managed_fields.clone().unwrap_or_default();
+    let mut owners: Vec<_> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let fields = entry.fields_v1.as_ref()?.0.get("f:status")?.as_object()?.clone();
+            Some((
+                format!("{}/{}", entry.manager.unwrap_or_default(), entry.subresource.unwrap_or_default()),
+                entry.operation.unwrap_or_default(),
+                fields.keys().filter_map(|k| k.strip_prefix("f:")).map(str::to_string).collect(),
+            ))
+        })
+        .collect();
+    owners.sort();
+    owners
+}
+
+#[tokio::test]
+async fn status_fields_are_applied_by_the_directors_two_managers() {
+    let (ns, cms, _director) = seed_with_config_map("director-field-managers").await;
+    let rv = set_value(&cms, "my-config", "1").await;
+    let fired = workplans_of(&ns, 1).await;
+    let workplan_managers: Vec<String> =
+        fired[0].metadata.managed_fields.iter().flatten().filter_map(|entry| entry.manager.clone()).collect();
+    assert_eq!(workplan_managers, ["kubeci-director"], "the Workplan's create is attributed");
+
+    // Both writers are done once the status records the fired version and names the Workplan.
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    let wp_name = fired[0].metadata.name.clone();
+    let settled = move |wf: Option<&Workflow>| {
+        wf.and_then(|w| w.status.as_ref()).is_some_and(|s| {
+            s.last_workplan == wp_name
+                && s.last_observed_resource_generation
+                    .values()
+                    .any(|o| o.resource_version.as_deref() == Some(&rv))
+        })
+    };
+    let wf = tokio::time::timeout(TIMEOUT, await_condition(workflows, "my-workflow", settled))
+        .await
+        .expect("the status settles")
+        .unwrap()
+        .unwrap();
+    let fields = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+    assert_eq!(
+        status_owners(&wf),
+        vec![
+            (
+                "kubeci-director-triggers/status".to_string(),
+                "Apply".to_string(),
+                fields(&["baselinedTriggers", "lastObservedResourceGeneration"])
+            ),
+            (
+                "kubeci-director/status".to_string(),
+                "Apply".to_string(),
+                fields(&[
+                    "conditions",
+                    "lastWorkplan",
+                    "observedGeneration",
+                    "steps",
+                    "triggers",
+                    "workplans"
+                ])
+            ),
+        ],
+        "no other manager owns a status field"
+    );
+}
+
 #[tokio::test]
 async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
     let (ns, cms, director) = seed_with_config_map("director-restart").await;
@@ -175,10 +245,8 @@ async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
 
     // Restart with nothing changed: the re-list is deduplicated, nothing fires.
     let director = start_director(&ns.name, false);
-    eventually("the restarted director to re-list", TIMEOUT, || async {
-        (director.metric("kubeci_director_trigger_deduplicated_total").await >= 1.0).then_some(())
-    })
-    .await;
+    listing_handled(&director).await;
+    assert!(director.metric("kubeci_director_trigger_deduplicated_total").await >= 1.0);
     let wp_api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
     assert!(workplans(&wp_api).await.is_empty(), "a restart must not fire");
     assert_eq!(director.metric("kubeci_director_trigger_fired_total").await, 0.0);
@@ -193,12 +261,18 @@ async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
     // Restarting again does not fire the deletion a second time.
     director.kill();
     let director = start_director(&ns.name, false);
-    eventually("the restarted director to be ready", TIMEOUT, || async {
-        (director.metric("kubeci_director_reconcile_total").await >= 1.0).then_some(())
+    listing_handled(&director).await;
+    // (A kill between the create and the record's save fires again, into the same name.)
+    assert_eq!(workplans(&wp_api).await.len(), 1);
+}
+
+/// Waits until the director has handled its trigger watch's first listing: the count of handled
+/// trigger events advances only once the Workplans an event starts exist.
+async fn listing_handled(director: &Director) {
+    eventually("the director to handle its trigger watch's listing", TIMEOUT, || async {
+        (director.metric("kubeci_director_trigger_events_total").await >= 1.0).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // give a wrong second fire the chance to show
-    assert_eq!(workplans(&wp_api).await.len(), 1);
 }
 
 #[tokio::test]
@@ -409,16 +483,19 @@ async fn own_runs_suspend_and_history_limit() {
         .await
         .unwrap();
     workflows.patch("plain", &PatchParams::default(), &Patch::Merge(annotate("y"))).await.unwrap();
-    let suspended = |wf: Option<&Workflow>| {
-        wf.is_some_and(|w| {
-            w.status.as_ref().and_then(|s| s.observed_generation) == w.metadata.generation && w.spec.suspend
-        })
-    };
-    tokio::time::timeout(TIMEOUT, await_condition(workflows.clone(), "plain", suspended))
+    // A spec change after the new value: the reconcile that observes its generation has seen the
+    // value too, and creates any run before it writes the status.
+    let later = workflows
+        .patch(
+            "plain",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"workplanHistoryLimit": 2}})),
+        )
         .await
         .unwrap()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await; // a wrong run would be created within this reconcile
+        .metadata
+        .generation;
+    observed(&workflows, "plain", later).await;
     assert_eq!(
         by_event(&workplans(&wp_api).await, EventKind::Manual).len(),
         1,
@@ -426,15 +503,18 @@ async fn own_runs_suspend_and_history_limit() {
     );
 
     // Resumed: the pending manual value runs, and the resume (a spec change) runs once.
-    workflows
+    let resumed = workflows
         .patch(
             "plain",
             &PatchParams::default(),
             &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
         )
         .await
-        .unwrap();
-    let found = workplans_of(&ns, 4).await;
+        .unwrap()
+        .metadata
+        .generation;
+    observed(&workflows, "plain", resumed).await;
+    let found = workplans(&wp_api).await;
     assert!(by_event(&found, EventKind::Manual).iter().any(|wp| wp.spec.trigger.run.as_deref() == Some("y")));
     assert_eq!(
         found.len(),
@@ -445,15 +525,44 @@ async fn own_runs_suspend_and_history_limit() {
 
     // The user sees what happened as Events on the Workflow.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(ns.client.clone(), &ns.name);
-    let reasons: BTreeSet<String> =
-        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
-    assert!(reasons.contains("WorkplanCreated"), "{reasons:?}");
+    eventually("a WorkplanCreated Event", TIMEOUT, || {
+        let events = events.clone();
+        async move {
+            let items = events.list(&Default::default()).await.unwrap().items;
+            items.into_iter().any(|e| e.reason.as_deref() == Some("WorkplanCreated")).then_some(())
+        }
+    })
+    .await;
 
-    // The status counts the Workplans and names the last one.
-    let status = workflows.get("plain").await.unwrap().status.unwrap();
+    // The status counts the Workplans and names the last one (written after the creates: the
+    // observed generation above proves only that the runs exist).
+    let total = |w: &Workflow| {
+        w.status
+            .as_ref()
+            .and_then(|s| s.workplans.clone())
+            .map(|c| c.pending + c.running + c.completed + c.failed)
+    };
+    let counted = |wf: Option<&Workflow>| wf.is_some_and(|w| total(w) == Some(4));
+    let status = tokio::time::timeout(TIMEOUT, await_condition(workflows.clone(), "plain", counted))
+        .await
+        .expect("the status counts the four Workplans")
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(status.steps, Some(1));
     assert!(status.last_workplan.is_some());
-    assert_eq!(status.workplans.map(|c| c.pending + c.running + c.completed + c.failed), Some(4));
+}
+
+/// Waits until the director has written the status of `generation` of Workflow `name`.
+async fn observed(workflows: &Api<Workflow>, name: &str, generation: Option<i64>) {
+    let done = move |wf: Option<&Workflow>| {
+        wf.is_some_and(|w| w.status.as_ref().and_then(|s| s.observed_generation) >= generation)
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(workflows.clone(), name, done))
+        .await
+        .expect("the director observes the generation")
+        .unwrap();
 }
 
 /// `/readyz` turns 200 once the Workflow cache has synced, with nothing to list too (a Deployment

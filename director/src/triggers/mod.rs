@@ -242,7 +242,13 @@ impl EngineState {
     }
 
     async fn event(&mut self, event: WatchEvent) {
+        self.handle(event).await;
+        // Counted once handled (its Workplans created): a test that sees the count advance knows
+        // what the event started exists.
         self.shared.metrics.trigger_events.inc();
+    }
+
+    async fn handle(&mut self, event: WatchEvent) {
         let key = match &event {
             WatchEvent::Listed(key, _) | WatchEvent::Applied(key, _) | WatchEvent::Deleted(key, _) => {
                 key.clone()
