@@ -42,6 +42,7 @@ pub struct Args {
     pub worker_lease_namespace: String,
 }
 
+/// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     plumbing::init_logging(args.common.log_format);
     run_until(args, Shutdown::on_signals()).await

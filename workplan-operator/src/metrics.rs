@@ -17,6 +17,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Registers every metric in a new registry.
     pub fn new() -> Metrics {
         let r = Registrar::new("kubeci_workplan_operator");
         Metrics {

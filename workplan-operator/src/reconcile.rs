@@ -82,6 +82,7 @@ impl Context {
     }
 }
 
+/// One reconciliation of `workplan`, counted and timed; a success resets its error back-off.
 pub async fn reconcile(workplan: Arc<Workplan>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = ctx.metrics.reconcile.measure(reconcile_inner(&workplan, &ctx)).await;
     if result.is_ok() {
