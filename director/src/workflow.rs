@@ -629,6 +629,48 @@ mod tests {
         assert!(apply["status"].get("lastObservedResourceGeneration").is_none(), "{apply}");
     }
 
+    /// Each `tests/fixtures/reconcile/*.yaml` is a Workflow, its Workplans and what `fetch` found
+    /// of its triggers' access, in; the pure steps' decisions and status, out (`expect`; with
+    /// `KUBECI_BLESS=1` the test prints what it got instead).
+    #[test]
+    fn reconcile_fixtures() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reconcile");
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert!(files.len() >= 5, "{files:?}");
+        let now = Timestamp::from_second(1_767_225_600).unwrap(); // 2026-01-01T00:00:00Z
+        for file in files {
+            let case: serde_json::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let workflow: Workflow = serde_json::from_value(case["workflow"].clone()).unwrap();
+            let workplans: Vec<Workplan> = serde_json::from_value(case["workplans"].clone()).unwrap();
+            let access: Vec<Access> = serde_json::from_value(case["access"].clone()).unwrap();
+
+            let validated = validate(&workflow, &access);
+            let desired = build(&workflow, &validated, &workplans, now);
+            let every_run: Vec<&Run> = desired.runs.iter().collect();
+            let got = serde_json::json!({
+                "register": validated.rules.is_some(),
+                "runs": desired.runs.iter().map(|run| serde_json::json!({
+                    "event": run.event,
+                    "manual": run.manual,
+                    "workplan": run.workplan.name_any(),
+                })).collect::<Vec<_>>(),
+                "delete": desired.delete,
+                "warning": desired.warning.as_ref().map(|(reason, message)| serde_json::json!({
+                    "reason": reason,
+                    "message": message,
+                })),
+                "status": status_after(&desired, &every_run),
+            });
+            if std::env::var_os("KUBECI_BLESS").is_some() {
+                println!("# {}\nexpect:\n{}", file.display(), serde_yaml::to_string(&got).unwrap());
+                continue;
+            }
+            assert_eq!(got, case["expect"], "{}", file.display());
+        }
+    }
+
     #[test]
     fn without_triggers_each_generation_runs_once() {
         assert_eq!(
