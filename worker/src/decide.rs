@@ -12,12 +12,12 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use shared_types::labels;
-use shared_types::outcome::PodOutcome;
+use shared_types::outcome::{PodOutcome, pod_outcome};
 use shared_types::protocol::Job;
 use shared_types::{JobState, RequestState, Workplan};
 use tokio::time::Instant;
 
-/// A RequestState's place: namespace and name.
+/// A namespaced object's place (a RequestState's, or a pod's): namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub namespace: String,
@@ -228,6 +228,96 @@ pub fn on_pod_deleted(last: Option<&PodOutcome>) -> Outcome {
         Some(PodOutcome::Failed { node, message }) => Outcome::failed(node.clone(), message),
         Some(PodOutcome::Pending { node, .. }) => Outcome::failed(node.clone(), POD_DELETED),
         None => Outcome::failed(None, POD_DELETED),
+    }
+}
+
+/// A pod as the shared pod watch saw it: what a job needs to follow its own pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenPod {
+    pub uid: String,
+    pub outcome: PodOutcome,
+}
+
+impl SeenPod {
+    pub fn of(pod: &Pod) -> SeenPod {
+        SeenPod { uid: pod.uid().unwrap_or_default(), outcome: pod_outcome(pod) }
+    }
+}
+
+/// A change under a job's pod name, from the shared pod watch ([`crate::pods`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodChange {
+    /// A pod of the name was added or changed (or was in the cache when the job subscribed).
+    Applied(SeenPod),
+    /// A pod of the name was deleted; its last state.
+    Deleted(SeenPod),
+    /// The watch listed every pod again (it started, or restarted after losing track): the pod
+    /// the listing has under the name, if any. The deletions in between were never seen.
+    Relisted(Option<SeenPod>),
+}
+
+/// What a change means for the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tracked {
+    /// Keep following the pod (and judge [`PodTracker::last`]).
+    Wait,
+    /// The pod is gone (deleted, or replaced by another pod of the name): the job's outcome.
+    Gone(Outcome),
+    /// A listing did not show the pod: read it to be sure ([`PodTracker::confirmed`]). The
+    /// listing may have been made before the pod was created, so its absence proves nothing.
+    Confirm,
+}
+
+/// Follows a job's one pod (by uid) through the changes the shared pod watch reports under its
+/// name. The watch is shared and may lag: a change of an earlier pod of the same name (deleted
+/// just before this one was created) may still come after the job created its own. So another
+/// pod under the name means the job's pod was replaced only once the job's pod has been seen
+/// on the watch: the watch reports changes in order, so the job's pod shows there before any
+/// pod that replaces it.
+#[derive(Clone, Debug)]
+pub struct PodTracker {
+    uid: String,
+    seen: bool,
+    last: PodOutcome,
+}
+
+impl PodTracker {
+    /// Follows the pod with `uid`, whose latest state (as created or read) is `outcome`.
+    pub fn new(uid: String, outcome: PodOutcome) -> PodTracker {
+        PodTracker { uid, seen: false, last: outcome }
+    }
+
+    /// The pod's latest state.
+    pub fn last(&self) -> &PodOutcome {
+        &self.last
+    }
+
+    /// Takes in one change under the pod's name.
+    pub fn observe(&mut self, change: PodChange) -> Tracked {
+        match change {
+            PodChange::Applied(pod) | PodChange::Relisted(Some(pod)) if pod.uid == self.uid => {
+                self.seen = true;
+                self.last = pod.outcome;
+                Tracked::Wait
+            }
+            PodChange::Deleted(pod) if pod.uid == self.uid => {
+                self.last = pod.outcome;
+                Tracked::Gone(on_pod_deleted(Some(&self.last)))
+            }
+            PodChange::Relisted(_) => Tracked::Confirm,
+            // An earlier pod of the name, from the watch's past.
+            PodChange::Applied(_) | PodChange::Deleted(_) if !self.seen => Tracked::Wait,
+            // Another pod under the name after ours: ours was deleted and someone made a new one.
+            PodChange::Applied(_) | PodChange::Deleted(_) => Tracked::Gone(on_pod_deleted(Some(&self.last))),
+        }
+    }
+
+    /// What a fresh read of the name (after [`Tracked::Confirm`]) found.
+    pub fn confirmed(&mut self, current: Option<SeenPod>) -> Tracked {
+        match current {
+            Some(pod) if pod.uid == self.uid => self.observe(PodChange::Applied(pod)),
+            _ => Tracked::Gone(on_pod_deleted(Some(&self.last))),
+        }
     }
 }
 
@@ -456,6 +546,68 @@ mod tests {
             on_pod_deleted(Some(&PodOutcome::Succeeded { node: Some("n".into()) })),
             Outcome::completed(Some("n".into()))
         );
+    }
+
+    fn seen(uid: &str, outcome: PodOutcome) -> SeenPod {
+        SeenPod { uid: uid.into(), outcome }
+    }
+
+    const RUNNING: PodOutcome = PodOutcome::Pending { node: None, problem: None };
+
+    fn done() -> PodOutcome {
+        PodOutcome::Succeeded { node: Some("n".into()) }
+    }
+
+    fn gone_pending() -> Tracked {
+        Tracked::Gone(Outcome::failed(None, POD_DELETED))
+    }
+
+    #[test]
+    fn the_tracker_follows_its_own_pod_to_its_deletion() {
+        let mut t = PodTracker::new("ours".into(), RUNNING);
+        assert_eq!(t.observe(PodChange::Applied(seen("ours", done()))), Tracked::Wait);
+        assert_eq!(t.last(), &done());
+        // Deleted after it finished: the outcome stands.
+        assert_eq!(
+            t.observe(PodChange::Deleted(seen("ours", done()))),
+            Tracked::Gone(Outcome::completed(Some("n".into())))
+        );
+        // Deleted before: the job fails, with the state the deletion carried.
+        let mut t = PodTracker::new("ours".into(), RUNNING);
+        let failed = PodOutcome::Failed { node: None, message: "boom".into() };
+        assert_eq!(
+            t.observe(PodChange::Deleted(seen("ours", failed))),
+            Tracked::Gone(Outcome::failed(None, "boom"))
+        );
+        let mut t = PodTracker::new("ours".into(), RUNNING);
+        assert_eq!(t.observe(PodChange::Deleted(seen("ours", RUNNING))), gone_pending());
+    }
+
+    #[test]
+    fn an_earlier_pod_of_the_name_is_ignored_until_ours_shows() {
+        let mut t = PodTracker::new("ours".into(), RUNNING);
+        // The cache still had the pod deleted just before ours was created.
+        assert_eq!(t.observe(PodChange::Applied(seen("before", done()))), Tracked::Wait);
+        assert_eq!(t.observe(PodChange::Deleted(seen("before", done()))), Tracked::Wait);
+        assert_eq!(t.last(), &RUNNING);
+        assert_eq!(t.observe(PodChange::Applied(seen("ours", RUNNING))), Tracked::Wait);
+        // Another pod after ours: ours was replaced.
+        assert_eq!(t.observe(PodChange::Applied(seen("after", done()))), gone_pending());
+    }
+
+    #[test]
+    fn a_listing_without_the_pod_is_confirmed_by_a_read() {
+        let mut t = PodTracker::new("ours".into(), RUNNING);
+        assert_eq!(t.observe(PodChange::Relisted(Some(seen("ours", done())))), Tracked::Wait);
+        assert_eq!(t.last(), &done());
+        for listed in [None, Some(seen("other", RUNNING))] {
+            let mut t = PodTracker::new("ours".into(), RUNNING);
+            assert_eq!(t.observe(PodChange::Relisted(listed)), Tracked::Confirm);
+            assert_eq!(t.clone().confirmed(None), gone_pending());
+            assert_eq!(t.clone().confirmed(Some(seen("other", RUNNING))), gone_pending());
+            assert_eq!(t.confirmed(Some(seen("ours", done()))), Tracked::Wait);
+            assert_eq!(t.last(), &done());
+        }
     }
 
     #[test]

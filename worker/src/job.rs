@@ -1,25 +1,22 @@
 //! One job, from claim to report (DESIGN.md §4, §5): claim the RequestState with the
 //! resourceVersion it was seen at, run the job as its pod (creating it, or adopting the pod of
-//! the same deterministic name), watch that one pod until it ends, and write COMPLETED or FAILED
-//! while the job is still this worker's.
+//! the same deterministic name), follow that one pod on the process's shared pod watch
+//! ([`crate::pods`]) until it ends, and write COMPLETED or FAILED while the job is still this
+//! worker's.
 //!
 //! Every step before the report is idempotent (the pod's name is fixed, a create that finds it
 //! adopts it), so the job can be abandoned at any point and taken up again by this or another
 //! worker. Transient API errors are retried with a capped back-off; the decisions are in
 //! [`crate::decide`].
 
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
-use shared_types::outcome::pod_outcome;
+use plumbing::kit::Backoff;
 use shared_types::protocol::{self, Job};
 use shared_types::render::{RenderConfig, cleanup_pod, task_pod};
 use shared_types::{RequestState, Workplan};
@@ -27,9 +24,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::Error;
-use crate::decide::{self, Key, Outcome, PendingClock, Verdict, Work};
+use crate::decide::{self, Key, Outcome, PendingClock, PodTracker, SeenPod, Tracked, Verdict, Work};
 use crate::metrics::{InFlight, Metrics};
+use crate::pods::{PodWatch, Subscription};
+use crate::{Error, FIELD_MANAGER};
 
 /// Everything a job needs, shared by all jobs of the process.
 pub struct Context {
@@ -40,6 +38,8 @@ pub struct Context {
     /// fails.
     pub pending_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// The process's one watch of kubeci's pods, which every job follows its pod on.
+    pub pods: PodWatch,
     /// Cancelled when shutdown has waited long enough for jobs: they stop where they are, without
     /// reporting, and their pods are adopted by whichever worker gets the job next.
     pub abandon: CancellationToken,
@@ -48,18 +48,14 @@ pub struct Context {
 /// How many conflicts in a row a report retries at once before backing off.
 const QUICK_CONFLICT_RETRIES: u32 = 5;
 
-/// Capped exponential back-off between retries of a failed API request.
-struct Backoff(Duration);
+/// Back-off between retries of a failed API request.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
+}
 
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff(Duration::from_millis(200))
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(10));
-    }
+/// The parameters of every write: attributed to the worker.
+fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }
 }
 
 /// Takes up one candidate: claims it (or checks it is still this worker's, for a resumption),
@@ -128,7 +124,7 @@ enum Taken {
 async fn claim(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &RequestState) -> Taken {
     let now = Timestamp::now();
     let Ok(claimed) = protocol::claim(rqs, &ctx.identity, now) else { return Taken::MovedOn };
-    match api.replace(&key.name, &PostParams::default(), &claimed).await {
+    match api.replace(&key.name, &post_params(), &claimed).await {
         Ok(started) => {
             ctx.metrics.claims_won.inc();
             if let Some(latency) = decide::claim_latency(rqs, now) {
@@ -180,13 +176,29 @@ async fn resume(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &Request
 
 /// Runs the job of `rqs` to its outcome.
 async fn run(ctx: &Context, key: &Key, rqs: &RequestState) -> Outcome {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    // Only the pod's name, uid and subscription outlive starting it: a job in flight holds no
+    // Workplan and no pod.
+    match start(ctx, &pods, key, rqs).await {
+        Ok((name, tracker, changes)) => follow(ctx, &pods, &name, tracker, changes).await,
+        Err(outcome) => outcome,
+    }
+}
+
+/// Renders the job's pod and creates (or adopts) it, subscribed to its name first.
+async fn start(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    key: &Key,
+    rqs: &RequestState,
+) -> Result<(String, PodTracker, Subscription), Outcome> {
     let job = rqs.spec.job;
     let workplans: Api<Workplan> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     let workplan = loop {
         match workplans.get_opt(&key.name).await {
             Ok(Some(workplan)) => break workplan,
-            Ok(None) => return Outcome::failed(None, format!("Workplan {} not found", key.name)),
+            Ok(None) => return Err(Outcome::failed(None, format!("Workplan {} not found", key.name))),
             Err(source) => {
                 let error = Error::GetWorkplan { key: key.to_string(), source };
                 ctx.metrics.error(&error);
@@ -196,7 +208,7 @@ async fn run(ctx: &Context, key: &Key, rqs: &RequestState) -> Outcome {
         }
     };
     if !decide::belongs_to(rqs, &workplan) {
-        return Outcome::failed(
+        return Err(Outcome::failed(
             None,
             format!(
                 "RequestState belongs to another Workplan (request-uid {}, Workplan {} has uid {})",
@@ -204,23 +216,19 @@ async fn run(ctx: &Context, key: &Key, rqs: &RequestState) -> Outcome {
                 key.name,
                 workplan.metadata.uid.as_deref().unwrap_or("<none>")
             ),
-        );
+        ));
     }
     let node = protocol::node(rqs);
     let rendered = match job {
         Job::Task(i) => task_pod(&workplan, i, node.as_deref(), &ctx.render),
         Job::Cleanup => cleanup_pod(&workplan, node.as_deref(), &ctx.render),
     };
-    let pod = match rendered {
-        Ok(pod) => pod,
-        Err(e) => return Outcome::failed(node, e.to_string()),
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let pod = match ensure_pod(ctx, &pods, pod, &key.name, job).await {
-        Ok(pod) => pod,
-        Err(outcome) => return outcome,
-    };
-    watch_pod(ctx, &pods, &pod).await
+    let pod = rendered.map_err(|e| Outcome::failed(node, e.to_string()))?;
+    let name = pod.name_any();
+    let changes = ctx.pods.subscribe(Key { namespace: key.namespace.clone(), name: name.clone() });
+    let pod = ensure_pod(ctx, pods, pod, &key.name, job).await?;
+    let seen = SeenPod::of(&pod);
+    Ok((name, PodTracker::new(seen.uid, seen.outcome), changes))
 }
 
 /// Creates the job's pod, or adopts the one already there under its name (a previous claimant
@@ -235,9 +243,9 @@ async fn ensure_pod(
     let name = pod.name_any();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let give_up = Instant::now() + ctx.pending_timeout;
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     loop {
-        let failure = match pods.create(&PostParams::default(), &pod).await {
+        let failure = match pods.create(&post_params(), &pod).await {
             Ok(created) => {
                 tracing::info!(pod = %name, "created the pod");
                 return Ok(created);
@@ -272,58 +280,50 @@ async fn ensure_pod(
     }
 }
 
-/// Watches the one pod until it ends, is deleted, or stays stuck past the pending timeout.
-async fn watch_pod(ctx: &Context, pods: &Api<Pod>, pod: &Pod) -> Outcome {
-    let name = pod.name_any();
-    let uid = pod.uid();
+/// Follows the one pod until it ends, is deleted or replaced, or stays stuck past the pending
+/// timeout.
+async fn follow(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    name: &str,
+    mut tracker: PodTracker,
+    mut changes: Subscription,
+) -> Outcome {
     let mut clock = PendingClock::new(ctx.pending_timeout);
-    let mut last = pod_outcome(pod);
-    let mut fail_at = match clock.judge(&last, Instant::now()) {
-        Verdict::Report(outcome) => return outcome,
-        Verdict::Wait { fail_at } => fail_at,
-    };
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = pin!(watcher::watcher(pods.clone(), config).default_backoff());
-    let mut listed = false;
     loop {
-        let seen = tokio::select! {
-            _ = sleep_until(fail_at) => None,
-            event = events.next() => match event {
-                Some(Ok(Event::Init)) => {
-                    listed = false;
-                    continue;
-                }
-                Some(Ok(Event::InitApply(p) | Event::Apply(p))) => {
-                    if p.uid() != uid {
-                        // Another pod under the name: ours was deleted and someone made a new one.
-                        return decide::on_pod_deleted(Some(&last));
-                    }
-                    listed = true;
-                    Some(p)
-                }
-                Some(Ok(Event::InitDone)) if !listed => return decide::on_pod_deleted(Some(&last)),
-                Some(Ok(Event::InitDone)) => continue,
-                Some(Ok(Event::Delete(p))) => {
-                    if p.uid() == uid {
-                        last = pod_outcome(&p);
-                    }
-                    return decide::on_pod_deleted(Some(&last));
-                }
-                Some(Err(source)) => {
-                    let error = Error::WatchPod { name: name.clone(), source };
-                    ctx.metrics.error(&error);
-                    tracing::warn!(%error, "the pod watch restarts");
-                    continue;
-                }
+        let fail_at = match clock.judge(tracker.last(), Instant::now()) {
+            Verdict::Report(outcome) => return outcome,
+            Verdict::Wait { fail_at } => fail_at,
+        };
+        let tracked = tokio::select! {
+            _ = sleep_until(fail_at) => continue,
+            change = changes.next() => match change {
+                Some(change) => tracker.observe(change),
                 None => return Outcome::failed(None, format!("the watch of pod {name} ended")),
             },
         };
-        if let Some(p) = seen {
-            last = pod_outcome(&p);
+        let tracked = match tracked {
+            Tracked::Confirm => tracker.confirmed(read_pod(ctx, pods, name).await),
+            tracked => tracked,
+        };
+        if let Tracked::Gone(outcome) = tracked {
+            return outcome;
         }
-        match clock.judge(&last, Instant::now()) {
-            Verdict::Report(outcome) => return outcome,
-            Verdict::Wait { fail_at: at } => fail_at = at,
+    }
+}
+
+/// Reads the pod `name` afresh, retrying until the API server answers.
+async fn read_pod(ctx: &Context, pods: &Api<Pod>, name: &str) -> Option<SeenPod> {
+    let mut backoff = backoff();
+    loop {
+        match pods.get_opt(name).await {
+            Ok(pod) => return pod.as_ref().map(SeenPod::of),
+            Err(source) => {
+                let error = Error::GetPod { name: name.to_string(), source };
+                ctx.metrics.error(&error);
+                tracing::warn!(%error, "retrying");
+                backoff.wait().await;
+            }
         }
     }
 }
@@ -345,7 +345,7 @@ async fn report(
     job: Job,
     outcome: Outcome,
 ) -> Option<(Outcome, String)> {
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     let mut conflicts = 0;
     loop {
         let current = match api.get_opt(&key.name).await {
@@ -381,7 +381,7 @@ async fn report(
             Timestamp::now(),
         )
         .ok()?;
-        match api.replace(&key.name, &PostParams::default(), &next).await {
+        match api.replace(&key.name, &post_params(), &next).await {
             Ok(written) => {
                 tracing::info!(state = ?outcome.state, node = outcome.node.as_deref().unwrap_or(""), message = outcome.message.as_deref().unwrap_or(""), "reported");
                 return Some((outcome, written.resource_version().unwrap_or_default()));

@@ -7,7 +7,8 @@
 //! The claim loop watches RequestStates and keeps, per object, only what is work for this
 //! worker (REQUESTED jobs, and jobs STARTED by its identity that this process is not running);
 //! whenever a slot of `--max-in-flight` is free it takes up the next one ([`decide::pick`]) as a
-//! task ([`job::take_up`]).
+//! task ([`job::take_up`]). Jobs follow their pods on one shared, label-selected pod watch
+//! ([`pods`]). The worker is ready once the RequestStates are listed and the pods cached.
 //!
 //! Shutdown (SIGTERM): stop claiming at once (`/readyz` turns 503), give running jobs
 //! `--drain-seconds` to finish and report, then leave the rest where they are: their pods keep
@@ -21,6 +22,7 @@ pub mod decide;
 pub mod job;
 pub mod liveness;
 pub mod metrics;
+pub mod pods;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
@@ -33,6 +35,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use plumbing::admin::{self, Readiness};
+use plumbing::kit::{self, MetricLabel};
 use plumbing::{CommonArgs, Shutdown, leader};
 use shared_types::RequestState;
 use shared_types::render::{DEFAULT_CLEANUP_IMAGE, DEFAULT_WORKSPACE_ROOT, RenderConfig};
@@ -44,6 +47,11 @@ use crate::decide::{Candidate, Key};
 use crate::job::Context;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
+use crate::pods::PodWatch;
+
+/// The field manager of every write of the worker: RequestState claims and reports, pods, and
+/// its liveness Lease.
+pub const FIELD_MANAGER: &str = "kubeci-worker";
 
 /// `worker` flags.
 #[derive(clap::Parser, Debug, Clone)]
@@ -104,8 +112,8 @@ pub enum Error {
     CreatePod { name: String, source: kube::Error },
     #[error("reading pod {name}: {source}")]
     GetPod { name: String, source: kube::Error },
-    #[error("watching pod {name}: {source}")]
-    WatchPod { name: String, source: watcher::Error },
+    #[error("watching kubeci's pods: {0}")]
+    WatchPods(#[source] watcher::Error),
     #[error("watching RequestStates: {0}")]
     WatchRequestStates(#[source] watcher::Error),
     #[error("RequestState {key} cannot be read, skipping it: {message}")]
@@ -116,9 +124,9 @@ pub enum Error {
     DeleteLease { name: String, source: kube::Error },
 }
 
-impl Error {
+impl MetricLabel for Error {
     /// The `error` label of `errors_total`: one fixed string per kind.
-    pub fn metric_label(&self) -> &'static str {
+    fn metric_label(&self) -> &'static str {
         match self {
             Error::Claim { .. } => "claim",
             Error::GetRequestState { .. } => "get_request_state",
@@ -126,7 +134,7 @@ impl Error {
             Error::GetWorkplan { .. } => "get_workplan",
             Error::CreatePod { .. } => "create_pod",
             Error::GetPod { .. } => "get_pod",
-            Error::WatchPod { .. } => "watch_pod",
+            Error::WatchPods(_) => "watch_pod",
             Error::WatchRequestStates(_) => "watch_request_states",
             Error::InvalidRequestState { .. } => "invalid_request_state",
             Error::Lease { .. } => "lease",
@@ -167,6 +175,8 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         return Ok(admin.await??);
     }
 
+    let namespace = args.common.namespace.as_deref();
+    let pods = PodWatch::start(kit::api(&client, namespace), metrics.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         identity,
@@ -176,21 +186,32 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         },
         pending_timeout: Duration::from_secs(args.pending_timeout_seconds),
         metrics: metrics.clone(),
+        pods,
         abandon: CancellationToken::new(),
     });
-    let api: Api<DeserializeGuard<RequestState>> = match &args.common.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let api: Api<DeserializeGuard<RequestState>> = kit::api(&client, namespace);
+    let (listed, mut listed_rx) = watch::channel(false);
+    let ready = {
+        let ctx = ctx.clone();
+        async move {
+            ctx.pods.synced().await;
+            if listed_rx.wait_for(|listed| *listed).await.is_ok() {
+                tracing::info!("RequestStates listed and pods cached; ready");
+                readiness.set_ready(true);
+            }
+        }
     };
+    let ready = tokio::spawn(ready);
     let jobs = TaskTracker::new();
     let claims = ClaimLoop {
         ctx: ctx.clone(),
         slots: Arc::new(Semaphore::new(args.max_in_flight as usize)),
         jobs: jobs.clone(),
-        readiness,
+        listed,
     };
     claims.run(api, liveness.held(), &shutdown).await;
     shutdown.trigger();
+    ready.abort();
 
     drain(&jobs, &ctx, Duration::from_secs(args.drain_seconds)).await;
     if let Err(e) = liveness.release().await {
@@ -228,7 +249,8 @@ struct ClaimLoop {
     ctx: Arc<Context>,
     slots: Arc<Semaphore>,
     jobs: TaskTracker,
-    readiness: Readiness,
+    /// Set once the RequestStates are listed (readiness waits for it and for the pod cache).
+    listed: watch::Sender<bool>,
 }
 
 impl ClaimLoop {
@@ -270,9 +292,8 @@ impl ClaimLoop {
                     }
                     Some(Ok(Event::InitDone)) => {
                         candidates = listing.take().unwrap_or_default();
-                        if !self.readiness.is_ready() {
-                            tracing::info!(candidates = candidates.len(), "RequestStates listed; ready");
-                            self.readiness.set_ready(true);
+                        if !self.listed.send_replace(true) {
+                            tracing::info!(candidates = candidates.len(), "RequestStates listed");
                         }
                     }
                     Some(Ok(Event::Apply(object))) => self.observe(&mut candidates, object, &identity),

@@ -27,11 +27,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
 use crate::metrics::Metrics;
-
-/// The field manager of the worker's Lease writes.
-pub const FIELD_MANAGER: &str = "kubeci-worker";
+use crate::{Error, FIELD_MANAGER};
 
 /// How long to wait after a failed Lease request before the next.
 const RETRY: Duration = Duration::from_secs(1);

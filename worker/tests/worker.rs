@@ -314,6 +314,52 @@ async fn a_pod_deleted_while_running_fails_the_job() {
 }
 
 #[tokio::test]
+async fn a_pod_replaced_under_its_name_fails_the_job() {
+    let ns = namespace("worker-pod-replaced").await;
+    let wp = create_workplan(&ns, "1").await;
+    let name = wp.name_any();
+    let worker = Worker::start(&ns.name, "worker-a", &[]);
+    request_task_0(&ns, &wp).await;
+    let pods = pods_api(&ns);
+    let pod_name = task_pod_name(&name, 0);
+    eventually("the worker to create its pod", TIMEOUT, || async {
+        (worker.log_count("created the pod") == 1).then_some(())
+    })
+    .await;
+    pods.delete(&pod_name, &DeleteParams::default().grace_period(0)).await.unwrap();
+    let replacement = pods
+        .create(&PostParams::default(), &task_pod(&wp, 0, None, &RenderConfig::default()).unwrap())
+        .await
+        .unwrap();
+    let failed = job_in(&ns, &name, "task-0", JobState::Failed).await;
+    assert_eq!(failed.status.unwrap().history.pop().unwrap().message.as_deref(), Some("pod was deleted"));
+    let left = pods.get(&pod_name).await.unwrap();
+    assert_eq!(left.uid(), replacement.uid(), "the replacement is left alone");
+}
+
+#[tokio::test]
+async fn the_workers_writes_name_its_field_manager() {
+    let ns = namespace("worker-field-manager").await;
+    let wp = create_workplan(&ns, "1").await;
+    let name = wp.name_any();
+    let _worker = Worker::start(&ns.name, "worker-a", &[]);
+    let _kubelet = Kubelet::start(&ns, |_| Act::Succeed);
+    request_task_0(&ns, &wp).await;
+    let done = job_in(&ns, &name, "task-0", JobState::Completed).await;
+    let managers = |fields: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry]| {
+        fields.iter().filter_map(|f| f.manager.clone()).collect::<BTreeSet<_>>()
+    };
+    assert!(managers(done.managed_fields()).contains("kubeci-worker"), "{:?}", done.managed_fields());
+    let pod = pods_api(&ns).get(&task_pod_name(&name, 0)).await.unwrap();
+    let created = pod
+        .managed_fields()
+        .iter()
+        .find(|f| f.operation.as_deref() == Some("Update") && f.subresource.is_none())
+        .and_then(|f| f.manager.as_deref());
+    assert_eq!(created, Some("kubeci-worker"), "{:?}", managers(pod.managed_fields()));
+}
+
+#[tokio::test]
 async fn jobs_that_cannot_run_are_reported_failed() {
     let ns = namespace("worker-bad-jobs").await;
     let _worker = Worker::start(&ns.name, "worker-a", &[]);
@@ -405,11 +451,13 @@ async fn no_more_jobs_than_max_in_flight_run_at_once() {
     let workplans = futures::future::join_all(runs.iter().map(|run| create_workplan(&ns, run))).await;
     let worker = Worker::start(&ns.name, "worker-a", &["--max-in-flight", "2"]);
     worker.ready().await;
-    // Record the most jobs STARTED at once, from every change the API server reports.
+    // Record the most jobs STARTED at once, from every change the API server reports, and how
+    // many the recorder has seen COMPLETED (so it is read only once it has seen them all).
     let api = rqs_api(&ns);
     let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let completed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let recorder = {
-        let (api, most) = (api.clone(), most.clone());
+        let (api, most, completed) = (api.clone(), most.clone(), completed.clone());
         tokio::spawn(async move {
             use futures::StreamExt;
             use kube::runtime::{WatchStreamExt, watcher};
@@ -420,6 +468,8 @@ async fn no_more_jobs_than_max_in_flight_run_at_once() {
                 states.insert(rqs.name_any(), rqs.spec.state);
                 let started = states.values().filter(|s| **s == JobState::Started).count();
                 most.fetch_max(started, std::sync::atomic::Ordering::SeqCst);
+                let done = states.values().filter(|s| **s == JobState::Completed).count();
+                completed.store(done, std::sync::atomic::Ordering::SeqCst);
             }
         })
     };
@@ -431,6 +481,10 @@ async fn no_more_jobs_than_max_in_flight_run_at_once() {
             let list = api.list(&ListParams::default()).await.ok()?.items;
             (list.len() == 5 && list.iter().all(|r| r.spec.state == JobState::Completed)).then_some(())
         }
+    })
+    .await;
+    eventually("the recorder to see the 5 jobs COMPLETED", TIMEOUT, || async {
+        (completed.load(std::sync::atomic::Ordering::SeqCst) == 5).then_some(())
     })
     .await;
     recorder.abort();
