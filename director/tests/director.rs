@@ -300,9 +300,9 @@ async fn rapid_updates_give_one_workplan_per_observed_version() {
     let found = workplans(&wp_api).await;
     let versions: BTreeSet<String> =
         found.iter().filter_map(|wp| wp.spec.trigger.resource_version.clone()).collect();
-    println!("100 updates: {fired} versions observed, {} Workplans", found.len());
+    println!("100 updates: {fired} watched versions fired, {} Workplans", found.len());
     assert!((1..=100).contains(&fired), "fired {fired}");
-    assert_eq!(found.len(), fired, "one Workplan per observed version");
+    assert_eq!(found.len(), fired, "one Workplan per watched version that fired");
     assert_eq!(versions.len(), found.len(), "no two Workplans for one version");
     assert!(versions.contains(&last));
 }
@@ -483,7 +483,7 @@ async fn own_runs_suspend_and_history_limit() {
         .await
         .unwrap();
     workflows.patch("plain", &PatchParams::default(), &Patch::Merge(annotate("y"))).await.unwrap();
-    // A spec change after the new value: the reconcile that observes its generation has seen the
+    // A spec change after the new value: the reconcile that observes its generation has read the
     // value too, and creates any run before it writes the status.
     let later = workflows
         .patch(
