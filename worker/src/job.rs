@@ -61,29 +61,38 @@ fn post_params() -> PostParams {
 /// Takes up one candidate: claims it (or checks it is still this worker's, for a resumption),
 /// runs it, reports it. Returns the resourceVersions of the RequestState this job has moved
 /// past, so the claim loop can drop them from its view instead of acting on them again.
+///
+/// A job spends most of its life waiting for its pod, and a task is as large as its largest
+/// state: the steps with API requests in them (claim, start, read, report) are boxed, so that a
+/// waiting job does not carry their request futures (a debug build measured the task's future
+/// at 16.7 KB unboxed, 3.6 KB boxed).
 pub async fn take_up(ctx: Arc<Context>, work: Work, rqs: RequestState) -> Vec<String> {
     let Some(key) = Key::of(&rqs) else { return Vec::new() };
     let span = tracing::info_span!("job", rqs = %key, job = %rqs.spec.job);
     async move {
         let api: Api<RequestState> = Api::namespaced(ctx.client.clone(), &key.namespace);
         let taken = match work {
-            Work::Claim => claim(&ctx, &api, &key, &rqs).await,
-            Work::Resume => resume(&ctx, &api, &key, &rqs).await,
+            Work::Claim => Box::pin(claim(&ctx, &api, &key, &rqs)).await,
+            Work::Resume => Box::pin(resume(&ctx, &api, &key, &rqs)).await,
         };
         let mut superseded = vec![rqs.resource_version().unwrap_or_default()];
-        let started = match taken {
+        // The version seen is of no use past the claim; the claim loop keeps its own copy.
+        drop(rqs);
+        let mut started = match taken {
             Taken::Started(started) => *started,
             Taken::MovedOn => return superseded,
             // The version seen is still current as far as this worker knows: try again later.
             Taken::Failed => return Vec::new(),
         };
         superseded.push(started.resource_version().unwrap_or_default());
+        // Held for the whole job; the report reads the RequestState afresh.
+        started.metadata.managed_fields = None;
         let job = started.spec.job;
         let begun = Instant::now();
         let in_flight = InFlight::start(&ctx.metrics.jobs_in_flight);
         let finish = async {
             let outcome = run(&ctx, &key, &started).await;
-            report(&ctx, &api, &key, job, outcome).await
+            Box::pin(report(&ctx, &api, &key, job, outcome)).await
         };
         let finished = tokio::select! {
             reported = finish => Some(reported),
@@ -179,7 +188,7 @@ async fn run(ctx: &Context, key: &Key, rqs: &RequestState) -> Outcome {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
     // Only the pod's name, uid and subscription outlive starting it: a job in flight holds no
     // Workplan and no pod.
-    match start(ctx, &pods, key, rqs).await {
+    match Box::pin(start(ctx, &pods, key, rqs)).await {
         Ok((name, tracker, changes)) => follow(ctx, &pods, &name, tracker, changes).await,
         Err(outcome) => outcome,
     }
@@ -303,7 +312,7 @@ async fn follow(
             },
         };
         let tracked = match tracked {
-            Tracked::Confirm => tracker.confirmed(read_pod(ctx, pods, name).await),
+            Tracked::Confirm => tracker.confirmed(Box::pin(read_pod(ctx, pods, name)).await),
             tracked => tracked,
         };
         if let Tracked::Gone(outcome) = tracked {

@@ -262,7 +262,17 @@ impl ClaimLoop {
         shutdown: &Shutdown,
     ) {
         let identity = self.ctx.identity.clone();
-        let mut events = pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+        // Every job in flight stays a candidate (STARTED by this worker) until it is reported:
+        // hold no managedFields for them. A claim's PUT without managedFields keeps them as they
+        // are on the server.
+        let events = watcher::watcher(api, watcher::Config::default()).default_backoff().modify(
+            |object: &mut DeserializeGuard<RequestState>| {
+                if let Ok(rqs) = &mut object.0 {
+                    rqs.metadata.managed_fields = None;
+                }
+            },
+        );
+        let mut events = pin!(events);
         // What is work for this worker, by object, as of the latest event.
         let mut candidates: HashMap<Key, Candidate> = HashMap::new();
         // The listing in progress after a (re)start of the watch.
