@@ -148,18 +148,20 @@ async fn claim(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &RequestS
             Taken::MovedOn
         }
         Err(kube::Error::Api(s)) if s.is_not_found() => Taken::MovedOn,
-        Err(source) => {
-            let error = Error::Claim { key: key.to_string(), source };
-            ctx.metrics.error(&error);
-            tracing::warn!(%error, "claim failed");
-            // The job is still REQUESTED in the claim loop's view: slow its next attempt down.
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = ctx.abandon.cancelled() => {}
-            }
-            Taken::Failed
-        }
+        Err(source) => retry_later(ctx, Error::Claim { key: key.to_string(), source }, "claim failed").await,
     }
+}
+
+/// Counts and logs a request that failed, then slows the job's next attempt down (it is still
+/// REQUESTED, or STARTED by this identity, in the claim loop's view).
+async fn retry_later(ctx: &Context, error: Error, what: &str) -> Taken {
+    ctx.metrics.error(&error);
+    tracing::warn!(%error, "{what}");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        _ = ctx.abandon.cancelled() => {}
+    }
+    Taken::Failed
 }
 
 /// A job STARTED by this identity before this process: still ours if a fresh read says so.
@@ -172,13 +174,7 @@ async fn resume(ctx: &Context, api: &Api<RequestState>, key: &Key, rqs: &Request
         Ok(_) => Taken::MovedOn,
         Err(source) => {
             let error = Error::GetRequestState { key: key.to_string(), source };
-            ctx.metrics.error(&error);
-            tracing::warn!(%error, "cannot resume the job yet");
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = ctx.abandon.cancelled() => {}
-            }
-            Taken::Failed
+            retry_later(ctx, error, "cannot resume the job yet").await
         }
     }
 }
