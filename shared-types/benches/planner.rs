@@ -60,10 +60,7 @@ fn workflow(n: usize) -> Workflow {
             }
         })
         .collect();
-    Workflow::new(
-        "bench",
-        WorkflowSpec { steps, triggers: Vec::new(), suspend: false, workplan_history_limit: None },
-    )
+    Workflow::new("bench", WorkflowSpec { steps, ..WorkflowSpec::default() })
 }
 
 fn planner(c: &mut Criterion) {

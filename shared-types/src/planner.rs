@@ -381,6 +381,9 @@ fn check_trigger(index: usize, trigger: &Trigger, problems: &mut Vec<Problem>) {
     if !trigger.on_add_or_update && !trigger.on_delete {
         problem("onAddOrUpdate", "the trigger fires on nothing: set onAddOrUpdate or onDelete".into());
     }
+    if let Some(why) = self_feeding(&trigger.api_version, &trigger.kind) {
+        problem("kind", format!("{} {why}: a trigger on it would fire on kubeci's own writes", trigger.kind));
+    }
     if let Some(selector) = &trigger.selector {
         for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
             let values = requirement.values.as_ref().map_or(0, Vec::len);
@@ -398,6 +401,19 @@ fn check_trigger(index: usize, trigger: &Trigger, problems: &mut Vec<Problem>) {
                 });
             }
         }
+    }
+}
+
+/// Why a trigger on `kind` in `api_version` would feed itself, if it would: kubeci writes these
+/// objects itself for every run (its own kinds; Leases of leader election; Events), so each run
+/// would start the next.
+fn self_feeding(api_version: &str, kind: &str) -> Option<&'static str> {
+    let group = api_version.split_once('/').map_or("", |(group, _)| group);
+    match (group, kind) {
+        ("kube.ci", _) => Some("is kubeci's own kind"),
+        ("coordination.k8s.io", "Lease") => Some("is written by kubeci's leader election"),
+        ("" | "events.k8s.io", "Event") => Some("is written by kubeci for every run"),
+        _ => None,
     }
 }
 
@@ -585,5 +601,34 @@ mod tests {
             "spec.triggers[0].kind: must name the kind, for example ConfigMap\n\
              spec.triggers[0].onAddOrUpdate: the trigger fires on nothing: set onAddOrUpdate or onDelete"
         );
+    }
+
+    #[test]
+    fn self_feeding_triggers_are_refused() {
+        let mut wf: Workflow = serde_yaml::from_str(SEED).unwrap();
+        let refused = [
+            ("kube.ci/v1alpha1", "Workplan", "Workplan is kubeci's own kind"),
+            ("kube.ci/v1alpha1", "Workflow", "Workflow is kubeci's own kind"),
+            ("kube.ci/v1alpha1", "RequestState", "RequestState is kubeci's own kind"),
+            ("coordination.k8s.io/v1", "Lease", "Lease is written by kubeci's leader election"),
+            ("v1", "Event", "Event is written by kubeci for every run"),
+            ("events.k8s.io/v1", "Event", "Event is written by kubeci for every run"),
+        ];
+        for (api_version, kind, why) in refused {
+            wf.spec.triggers[0].api_version = api_version.into();
+            wf.spec.triggers[0].kind = kind.into();
+            let invalid = check(&wf.spec, &Limits::default()).err().expect(kind);
+            assert_eq!(
+                invalid.to_string(),
+                format!("spec.triggers[0].kind: {why}: a trigger on it would fire on kubeci's own writes")
+            );
+        }
+        for (api_version, kind) in
+            [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("example.com/v1", "Lease")]
+        {
+            wf.spec.triggers[0].api_version = api_version.into();
+            wf.spec.triggers[0].kind = kind.into();
+            assert!(check(&wf.spec, &Limits::default()).is_ok(), "{api_version} {kind}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::limits::{MAX_DEPENDENCIES, MAX_NAME_LENGTH, MAX_STEPS};
 /// For every trigger event the director compiles the steps into a Workplan: an ordered list of
 /// tasks, each one pod whose serial steps run as init containers and whose parallel steps run as
 /// containers. All pods of a Workplan run on one node and share a workspace mounted at `/kubeci`.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "kube.ci",
     version = "v1alpha1",
@@ -55,11 +55,47 @@ pub struct WorkflowSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 
-    /// How many finished (Completed or Failed) Workplans to keep; older ones are deleted.
-    /// Unset keeps them all.
+    /// How many finished (Completed or Failed) Workplans to keep; those that finished first are
+    /// deleted. Unset: the director's default (`--workplan-history-limit`, Helm value
+    /// `director.workplanHistory.limit`; 10 unless changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub workplan_history_limit: Option<i32>,
+
+    /// How long a finished (Completed or Failed) Workplan is kept after its completion, in
+    /// seconds; it is deleted when that time is up. Unset: the director's default
+    /// (`--workplan-history-ttl-seconds`, Helm value `director.workplanHistory.ttlSeconds`;
+    /// 604800, 7 days, unless changed). 0 deletes finished Workplans right away.
+    #[serde(
+        default,
+        rename = "workplanHistoryTTLSeconds",
+        alias = "workplanHistoryTtlSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 0))]
+    pub workplan_history_ttl_seconds: Option<i64>,
+
+    /// Caps on the Workplans this Workflow starts. Events beyond a cap are never dropped: they
+    /// wait, in order, in `status.pendingRuns` and start as soon as the cap allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RunLimits>,
+}
+
+/// Caps on the Workplans a Workflow starts. Each unset field takes the director's default.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunLimits {
+    /// Most Workplans started in any 60 seconds. Unset: the director's default
+    /// (`--runs-per-minute`, Helm value `director.limits.runsPerMinute`; 60 unless changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub runs_per_minute: Option<i32>,
+
+    /// Most unfinished (Pending or Running) Workplans at once. Unset: the director's default
+    /// (`--concurrent-runs`, Helm value `director.limits.concurrentRuns`; 10 unless changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub concurrent_runs: Option<i32>,
 }
 
 /// One container of the workflow.
@@ -201,6 +237,32 @@ pub struct WorkflowStatus {
     /// Workplans of this Workflow by phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workplans: Option<WorkplanCounts>,
+
+    /// Runs decided but whose Workplan does not exist yet: the create was refused (a quota, an
+    /// admission webhook, the API server unavailable) and is retried with back-off, or a cap of
+    /// `spec.limits` holds it back. Unset when nothing is pending. The trigger record (and
+    /// `observedGeneration`, `lastManualRun`) advance only once a run's Workplan exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_runs: Option<PendingRuns>,
+}
+
+/// The runs of a Workflow waiting for their Workplan.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRuns {
+    /// How many runs are waiting.
+    pub count: i32,
+    /// When the oldest waiting run was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Why the oldest waits: `CreateFailed` (the API server refused the create; retried with
+    /// back-off), `RateLimited` (`spec.limits.runsPerMinute`) or `ConcurrencyLimited`
+    /// (`spec.limits.concurrentRuns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Details of the reason: the API server's answer to the last create, or the cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One object of a Workflow's trigger record: a trigger object as the director last recorded it.

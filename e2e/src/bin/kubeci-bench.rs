@@ -503,7 +503,7 @@ fn one_task_workflow(ns: &str, name: &str, trigger: Option<Trigger>) -> Workflow
         steps: vec![step],
         triggers: trigger.into_iter().collect(),
         suspend: false,
-        workplan_history_limit: None,
+        ..WorkflowSpec::default()
     };
     let mut workflow = Workflow::new(name, spec);
     workflow.metadata.namespace = Some(ns.into());
