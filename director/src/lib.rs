@@ -9,6 +9,7 @@
 //! [`triggers::FIELD_MANAGER`].
 
 pub mod error;
+pub mod malformed;
 pub mod metrics;
 pub mod stream;
 pub mod triggers;

@@ -1,7 +1,8 @@
 //! The director's one Workflow watch, shared by the Workflow controller and the trigger engine.
 //!
-//! One watcher feeds one cache (the reflector's store, without managedFields: one entry per
-//! writer, naming each recorded trigger object, never read; kubeci-bench, phase 6). Its events
+//! One watcher feeds one cache (a reflector's store, without managedFields: one entry per
+//! writer, naming each recorded trigger object, never read; kubeci-bench, phase 6) with the
+//! Workflows that deserialize; the others go to [`crate::malformed`]. Its events
 //! fan out from here: every applied Workflow to the controller (a shared stream of the cached
 //! objects, `Controller::for_shared_stream`), and to the engine the only news of Workflows being
 //! gone, a Delete event or a re-list ([`Command::Deleted`], [`Command::Listed`]).
@@ -17,14 +18,16 @@ use std::sync::Arc;
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
-use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Resource, ResourceExt};
 use shared_types::Workflow;
 
 use crate::error::Error;
+use crate::malformed::{self, Notice, Reporter};
 use crate::metrics::Metrics;
 use crate::triggers::{Command, Engine};
 
@@ -50,35 +53,74 @@ pub fn workflows(api: Api<Workflow>) -> (Store<Workflow>, mpsc::Receiver<Arc<Wor
 impl Watch {
     /// Runs the watch (restarting with back-off on errors) until the controller's stream is
     /// dropped.
+    ///
+    /// Objects are read through [`DeserializeGuard`]: one Workflow that does not deserialize
+    /// must not fail the list of all the others (which would keep the cache from ever syncing).
+    /// The cache, the controller and the engine see the good ones only; a bad one is handed to
+    /// the [`Reporter`], and one that turns bad leaves the cache and the engine as if it were
+    /// invalid, until it is repaired.
     pub async fn run(self, engine: Engine, metrics: Arc<Metrics>) {
-        let Watch { api, writer, mut applied } = self;
+        let Watch { api, mut writer, mut applied } = self;
         let store = writer.as_reader();
-        let watch = watcher(api, watcher::Config::default().any_semantic())
+        let client = api.clone().into_client();
+        let guarded: Api<DeserializeGuard<Workflow>> = match api.namespace() {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        };
+        let (notices, reports) = tokio::sync::mpsc::unbounded_channel();
+        // Ends when `notices` is dropped with this watch.
+        tokio::spawn(Reporter::new(client, metrics.clone()).run(reports));
+        let notify = |notice| {
+            let _ = notices.send(notice);
+        };
+        let mut events = watcher(guarded, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|workflow| workflow.managed_fields_mut().clear());
-        let mut events = reflector::reflector(writer, watch).boxed();
+            .modify(|workflow| workflow.meta_mut().managed_fields = None)
+            .boxed();
         let mut listing = HashMap::new();
-        while let Some(event) = events.next().await {
+        'watch: while let Some(event) = events.next().await {
             let to_controller = match event {
-                Ok(watcher::Event::Apply(workflow)) => {
-                    store.get(&ObjectRef::from_obj(&workflow)).into_iter().collect()
+                Ok(Event::Apply(DeserializeGuard(Ok(workflow)))) => {
+                    let key = ObjectRef::from_obj(&workflow);
+                    writer.apply_watcher_event(&Event::Apply(workflow));
+                    notify(Notice::Cleared(key.clone()));
+                    store.get(&key).into_iter().collect()
                 }
-                Ok(watcher::Event::Delete(workflow)) => {
-                    engine.send(Command::Deleted {
-                        workflow: ObjectRef::from_obj(&workflow),
-                        uid: workflow.uid(),
-                    });
+                Ok(Event::Apply(DeserializeGuard(Err(invalid)))) => {
+                    let bad = DeserializeGuard(Err(invalid));
+                    let key = malformed::key(&bad);
+                    if let Some(good) = store.get(&key) {
+                        writer.apply_watcher_event(&Event::Delete((*good).clone()));
+                        engine.send(Command::Unregister(key));
+                    }
+                    notify(Notice::Bad(Box::new(bad)));
                     Vec::new()
                 }
-                Ok(watcher::Event::Init) => {
+                Ok(Event::Delete(workflow)) => {
+                    let key = malformed::key(&workflow);
+                    if let Some(good) = store.get(&key) {
+                        writer.apply_watcher_event(&Event::Delete((*good).clone()));
+                    }
+                    engine.send(Command::Deleted { workflow: key.clone(), uid: workflow.uid() });
+                    notify(Notice::Cleared(key));
+                    Vec::new()
+                }
+                Ok(Event::Init) => {
+                    writer.apply_watcher_event(&Event::Init);
                     listing.clear();
                     Vec::new()
                 }
-                Ok(watcher::Event::InitApply(workflow)) => {
+                Ok(Event::InitApply(DeserializeGuard(Ok(workflow)))) => {
                     listing.insert(ObjectRef::from_obj(&workflow), workflow.uid());
+                    writer.apply_watcher_event(&Event::InitApply(workflow));
                     Vec::new()
                 }
-                Ok(watcher::Event::InitDone) => {
+                Ok(Event::InitApply(bad)) => {
+                    notify(Notice::Bad(Box::new(bad)));
+                    Vec::new()
+                }
+                Ok(Event::InitDone) => {
+                    writer.apply_watcher_event(&Event::InitDone);
                     engine.send(Command::Listed(std::mem::take(&mut listing)));
                     store.state()
                 }
@@ -91,7 +133,7 @@ impl Watch {
             };
             for workflow in to_controller {
                 if applied.send(workflow).await.is_err() {
-                    return; // the controller stopped
+                    break 'watch; // the controller stopped
                 }
             }
         }
