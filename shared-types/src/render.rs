@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, HostPathVolumeSource, Pod, PodSpec, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    Container, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use sha2::{Digest, Sha256};
@@ -24,16 +27,29 @@ pub const WORKSPACE_MOUNT_PATH: &str = "/kubeci";
 /// Name of the workspace volume in the pod.
 pub const WORKSPACE_VOLUME: &str = "kubeci-workspace";
 
-/// The image of the cleanup pod when nothing else is configured: it needs only `rm`.
+/// The image of the cleanup pod when nothing else is configured: it needs `sh`, `rm` and
+/// `rmdir`.
 pub const DEFAULT_CLEANUP_IMAGE: &str = "busybox:1.37";
 
+/// The cleanup pod's CPU request when nothing else is configured. A namespace with a compute
+/// ResourceQuota and no LimitRange admits only pods that state requests and limits.
+pub const DEFAULT_CLEANUP_CPU_REQUEST: &str = "10m";
+/// The cleanup pod's CPU limit when nothing else is configured: room for `rm` of a large tree.
+pub const DEFAULT_CLEANUP_CPU_LIMIT: &str = "100m";
+/// The cleanup pod's memory request when nothing else is configured.
+pub const DEFAULT_CLEANUP_MEMORY_REQUEST: &str = "16Mi";
+/// The cleanup pod's memory limit when nothing else is configured.
+pub const DEFAULT_CLEANUP_MEMORY_LIMIT: &str = "64Mi";
+
 /// Settings of the rendering that are the operator's, not the user's.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RenderConfig {
     /// Directory on the node under which workspaces are created.
     pub workspace_root: String,
     /// Image of the cleanup pod.
     pub cleanup_image: String,
+    /// Requests and limits of the cleanup pod's container.
+    pub cleanup_resources: ResourceRequirements,
 }
 
 impl Default for RenderConfig {
@@ -41,9 +57,31 @@ impl Default for RenderConfig {
         Self {
             workspace_root: DEFAULT_WORKSPACE_ROOT.to_string(),
             cleanup_image: DEFAULT_CLEANUP_IMAGE.to_string(),
+            cleanup_resources: cleanup_resources(
+                [DEFAULT_CLEANUP_CPU_REQUEST, DEFAULT_CLEANUP_MEMORY_REQUEST],
+                [DEFAULT_CLEANUP_CPU_LIMIT, DEFAULT_CLEANUP_MEMORY_LIMIT],
+            ),
         }
     }
 }
+
+/// The cleanup container's resources from `[cpu, memory]` requests and limits.
+pub fn cleanup_resources(requests: [&str; 2], limits: [&str; 2]) -> ResourceRequirements {
+    let quantities = |[cpu, memory]: [&str; 2]| {
+        Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ]))
+    };
+    ResourceRequirements { requests: quantities(requests), limits: quantities(limits), ..Default::default() }
+}
+
+/// What the cleanup container runs, with the workspace's namespace, Workflow and Workplan as
+/// `$1 $2 $3` (never spliced into the script). Only the `rm` decides the outcome: the parents
+/// go only when empty, and an `rmdir` that finds another run's directory (or races a new run's
+/// `mkdir`, which the kubelet retries) is no failure.
+const CLEANUP_SCRIPT: &str =
+    r#"cd /workspaces && rm -rf -- "$1/$2/$3" && { rmdir -- "$1/$2" "$1" 2>/dev/null; true; }"#;
 
 /// Why a task could not be rendered: the Workplan is not one the API server returned.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +138,9 @@ pub fn task_pod(
 }
 
 /// The pod that removes the Workplan's workspace directory on `node` (DESIGN.md §4): it mounts the
-/// Workflow's directory `<root>/<namespace>/<workflow>` and deletes the Workplan's entry in it.
+/// workspace root, deletes `<namespace>/<workflow>/<workplan>` in it, then `<namespace>/<workflow>`
+/// and `<namespace>` if they are left empty ([`CLEANUP_SCRIPT`]). Requests and limits are always
+/// set, so that a namespace with a compute ResourceQuota admits it.
 pub fn cleanup_pod(
     workplan: &Workplan,
     node: Option<&str>,
@@ -108,7 +148,6 @@ pub fn cleanup_pod(
 ) -> Result<Pod, RenderError> {
     let meta = WorkplanMeta::of(workplan)?;
     let workflow = &workplan.spec.workflow;
-    let parent = workspace_path(&config.workspace_root, meta.namespace, workflow, "");
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(cleanup_pod_name(meta.name)),
@@ -126,8 +165,18 @@ pub fn cleanup_pod(
                 name: "cleanup".to_string(),
                 image: Some(config.cleanup_image.clone()),
                 image_pull_policy: Some("IfNotPresent".to_string()),
-                // A Workplan name is a DNS-1123 name: no '/' or '..' can leave the directory.
-                command: Some(vec!["rm".into(), "-rf".into(), format!("/workspaces/{}", meta.name)]),
+                // Namespace, Workflow and Workplan names are DNS-1123 names: no '/' or '..' can
+                // leave the root.
+                command: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    CLEANUP_SCRIPT.into(),
+                    "cleanup".into(),
+                    meta.namespace.to_string(),
+                    workflow.clone(),
+                    meta.name.to_string(),
+                ]),
+                resources: Some(config.cleanup_resources.clone()),
                 volume_mounts: Some(vec![VolumeMount {
                     name: WORKSPACE_VOLUME.to_string(),
                     mount_path: "/workspaces".to_string(),
@@ -140,7 +189,7 @@ pub fn cleanup_pod(
             volumes: Some(vec![Volume {
                 name: WORKSPACE_VOLUME.to_string(),
                 host_path: Some(HostPathVolumeSource {
-                    path: parent.trim_end_matches('/').to_string(),
+                    path: root_dir(&config.workspace_root),
                     type_: Some("DirectoryOrCreate".to_string()),
                 }),
                 ..Volume::default()
@@ -149,6 +198,14 @@ pub fn cleanup_pod(
         }),
         status: None,
     })
+}
+
+/// The workspace root as a hostPath: without a trailing `/`, except for `/` itself.
+fn root_dir(root: &str) -> String {
+    match root.trim_end_matches('/') {
+        "" => "/".to_string(),
+        trimmed => trimmed.to_string(),
+    }
 }
 
 /// `<workplan>-cleanup`.

@@ -133,6 +133,55 @@ fn cleanup_removes_the_workplans_workspace_on_its_node() {
     let task_dir = task.spec.unwrap().volumes.unwrap()[0].host_path.clone().unwrap().path;
     let spec = pod.spec.unwrap();
     let parent = spec.volumes.unwrap()[0].host_path.clone().unwrap().path;
-    let removed = spec.containers[0].command.clone().unwrap()[2].replace("/workspaces", &parent);
+    let command = spec.containers[0].command.clone().unwrap();
+    let removed = format!("{parent}/{}/{}/{}", command[4], command[5], command[6]);
     assert_eq!(removed, task_dir);
+}
+
+#[test]
+fn cleanup_removes_empty_parents_but_never_fails_on_them() {
+    let root = std::env::temp_dir().join(format!("kubeci-render-cleanup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let config = RenderConfig { workspace_root: root.display().to_string(), ..RenderConfig::default() };
+    let pod = cleanup_pod(&seed_workplan(), None, &config).unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.volumes.unwrap()[0].host_path.clone().unwrap().path, root.display().to_string());
+    let mut command = spec.containers[0].command.clone().unwrap();
+    // The script as the container runs it, with the root where the pod mounts it.
+    command[2] = command[2].replace("/workspaces", &root.display().to_string());
+    let cleanup = || {
+        let status = std::process::Command::new(&command[0]).args(&command[1..]).status().unwrap();
+        assert!(status.success(), "{command:?}: {status}");
+    };
+    let workspace = |wp: &str| root.join("default/my-workflow").join(wp);
+
+    // Another run's workspace stays, and so do its parents.
+    std::fs::create_dir_all(workspace("my-workflow-0a1b2c3d4e/out")).unwrap();
+    std::fs::write(workspace("my-workflow-0a1b2c3d4e/out/file"), b"x").unwrap();
+    std::fs::create_dir_all(workspace("other-run")).unwrap();
+    cleanup();
+    assert!(!workspace("my-workflow-0a1b2c3d4e").exists());
+    assert!(workspace("other-run").is_dir());
+
+    // The last one out takes the emptied parents along; the root stays.
+    std::fs::remove_dir(workspace("other-run")).unwrap();
+    std::fs::create_dir_all(workspace("my-workflow-0a1b2c3d4e")).unwrap();
+    cleanup();
+    assert!(!root.join("default").exists());
+    assert!(root.is_dir());
+
+    // Nothing there at all (deleted before its pod ran): still a success.
+    cleanup();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn cleanup_requests_and_limits_are_configurable() {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let resources = shared_types::render::cleanup_resources(["5m", "8Mi"], ["50m", "32Mi"]);
+    let config = RenderConfig { cleanup_resources: resources.clone(), ..RenderConfig::default() };
+    let pod = cleanup_pod(&seed_workplan(), None, &config).unwrap();
+    assert_eq!(pod.spec.unwrap().containers[0].resources, Some(resources.clone()));
+    let limits = resources.limits.unwrap();
+    assert_eq!((&limits["cpu"], &limits["memory"]), (&Quantity("50m".into()), &Quantity("32Mi".into())));
 }

@@ -322,13 +322,48 @@ impl PodTracker {
 }
 
 /// Whether a failed pod creation can succeed when tried again: a pod the API server rejects as
-/// invalid never will; anything else (quota exhausted, the namespace's ServiceAccount not yet
-/// created, admission webhooks or the API server unavailable) may, until the pending timeout.
+/// invalid never will, nor one in a namespace being deleted (so that the cleanup of a Workplan
+/// deleted with its namespace fails at once and its finalizer goes); anything else (quota
+/// exhausted, the namespace's ServiceAccount not yet created, admission webhooks or the API
+/// server unavailable) may, until the pending timeout.
 pub fn create_retryable(error: &kube::Error) -> bool {
     match error {
-        kube::Error::Api(status) => !(status.is_invalid() || status.code == 400),
+        kube::Error::Api(status) => {
+            let terminating =
+                status.details.iter().flat_map(|d| &d.causes).any(|c| c.reason == NAMESPACE_TERMINATING);
+            !(status.is_invalid() || status.code == 400 || terminating)
+        }
         _ => true,
     }
+}
+
+/// The cause the API server gives when it refuses a create in a namespace being deleted.
+const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
+
+/// Why task `job` of `workplan` must not start: its Workplan is being deleted (the operator
+/// requests the cleanup instead). Checked right before the pod is created, it closes the window in
+/// which the operator, finding that no task ever started, lets the Workplan go while a claim wins.
+pub fn refuse_task(workplan: &Workplan, job: Job) -> Option<String> {
+    (matches!(job, Job::Task(_)) && workplan.metadata.deletion_timestamp.is_some())
+        .then(|| format!("the Workplan is being deleted; {job} was not started"))
+}
+
+/// Why `value` is not a Kubernetes resource quantity (`10m`, `0.5`, `64Mi`, `1e3`), if it is not:
+/// a flag checked at start instead of every cleanup pod being refused.
+pub fn quantity_problem(value: &str) -> Option<String> {
+    let number_end = value.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(value.len());
+    let (number, suffix) = value.split_at(number_end);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    let number_ok = digits > 0 && number.matches('.').count() <= 1;
+    let exponent_ok = |e: &str| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    };
+    let suffix_ok = matches!(suffix, "" | "m" | "k" | "M" | "G" | "T" | "P" | "E")
+        || matches!(suffix, "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei")
+        || suffix.strip_prefix(['e', 'E']).is_some_and(exponent_ok);
+    (!(number_ok && suffix_ok))
+        .then(|| format!("{value:?} is not a resource quantity (such as 10m, 0.5, 64Mi or 1e3)"))
 }
 
 /// Why `identity` cannot name the worker's Lease (a DNS-1123 subdomain), if it cannot.
@@ -620,6 +655,53 @@ mod tests {
         assert!(create_retryable(&status(403, "Forbidden")));
         assert!(create_retryable(&status(500, "InternalError")));
         assert!(create_retryable(&status(429, "TooManyRequests")));
+        // As the API server answers a create in a namespace being deleted.
+        let terminating: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "message": "pods \"wp-cleanup\" is forbidden: unable to create new content in namespace ci because it is being terminated",
+            "reason": "Forbidden",
+            "details": {"name": "wp-cleanup", "kind": "pods", "causes": [{
+                "reason": "NamespaceTerminating",
+                "message": "namespace ci is being terminated",
+                "field": "metadata.namespace",
+            }]},
+            "code": 403,
+        }))
+        .unwrap();
+        assert!(
+            !create_retryable(&kube::Error::Api(Box::new(terminating))),
+            "never in a namespace being deleted"
+        );
+    }
+
+    #[test]
+    fn tasks_of_a_deleted_workplan_are_refused_its_cleanup_is_not() {
+        let mut workplan = Workplan::new(
+            "wp",
+            serde_json::from_value(serde_json::json!({
+                "workflow": "wf",
+                "trigger": {"event": "Manual"},
+                "tasks": [{"parallelSteps": [{"name": "a", "image": "alpine"}]}],
+            }))
+            .unwrap(),
+        );
+        assert_eq!(refuse_task(&workplan, Job::Task(0)), None);
+        workplan.metadata.deletion_timestamp = Some(Time("2027-01-15T10:00:00Z".parse().unwrap()));
+        assert_eq!(
+            refuse_task(&workplan, Job::Task(0)).as_deref(),
+            Some("the Workplan is being deleted; task-0 was not started")
+        );
+        assert_eq!(refuse_task(&workplan, Job::Cleanup), None);
+    }
+
+    #[test]
+    fn resource_quantities_are_checked() {
+        for good in ["10m", "0.5", "1", "64Mi", "1Gi", ".5", "2.", "1e3", "1E-2", "100k"] {
+            assert_eq!(quantity_problem(good), None, "{good}");
+        }
+        for bad in ["", "m", "ten", "10 m", "1.2.3", "64MB", "1e", "-1", "1Mi1"] {
+            assert!(quantity_problem(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -224,6 +224,9 @@ async fn start(
         ));
     }
     let node = protocol::node(rqs);
+    if let Some(refused) = decide::refuse_task(&workplan, job) {
+        return Err(Outcome::failed(node, refused));
+    }
     let rendered = match job {
         Job::Task(i) => task_pod(&workplan, i, node.as_deref(), &ctx.render),
         Job::Cleanup => cleanup_pod(&workplan, node.as_deref(), &ctx.render),

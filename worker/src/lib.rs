@@ -38,7 +38,11 @@ use plumbing::admin::{self, Readiness};
 use plumbing::kit::{self, MetricLabel};
 use plumbing::{CommonArgs, Shutdown, leader};
 use shared_types::RequestState;
-use shared_types::render::{DEFAULT_CLEANUP_IMAGE, DEFAULT_WORKSPACE_ROOT, RenderConfig};
+use shared_types::render::{
+    DEFAULT_CLEANUP_CPU_LIMIT, DEFAULT_CLEANUP_CPU_REQUEST, DEFAULT_CLEANUP_IMAGE,
+    DEFAULT_CLEANUP_MEMORY_LIMIT, DEFAULT_CLEANUP_MEMORY_REQUEST, DEFAULT_WORKSPACE_ROOT, RenderConfig,
+    cleanup_resources,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,6 +89,23 @@ pub struct Args {
     /// Image of the workspace cleanup pod.
     #[arg(long, env = "KUBECI_CLEANUP_IMAGE", default_value = DEFAULT_CLEANUP_IMAGE)]
     pub cleanup_image: String,
+
+    /// CPU request of the workspace cleanup pod. Requests and limits are always set, so that a
+    /// namespace with a compute ResourceQuota and no LimitRange admits the pod.
+    #[arg(long, env = "KUBECI_CLEANUP_CPU_REQUEST", default_value = DEFAULT_CLEANUP_CPU_REQUEST, value_parser = quantity)]
+    pub cleanup_cpu_request: String,
+
+    /// CPU limit of the workspace cleanup pod.
+    #[arg(long, env = "KUBECI_CLEANUP_CPU_LIMIT", default_value = DEFAULT_CLEANUP_CPU_LIMIT, value_parser = quantity)]
+    pub cleanup_cpu_limit: String,
+
+    /// Memory request of the workspace cleanup pod.
+    #[arg(long, env = "KUBECI_CLEANUP_MEMORY_REQUEST", default_value = DEFAULT_CLEANUP_MEMORY_REQUEST, value_parser = quantity)]
+    pub cleanup_memory_request: String,
+
+    /// Memory limit of the workspace cleanup pod.
+    #[arg(long, env = "KUBECI_CLEANUP_MEMORY_LIMIT", default_value = DEFAULT_CLEANUP_MEMORY_LIMIT, value_parser = quantity)]
+    pub cleanup_memory_limit: String,
 
     /// How long a pod may stay Pending with a problem (unschedulable, image cannot be pulled), or
     /// fail to be created, before its job is reported FAILED with the problem.
@@ -183,6 +204,10 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         render: RenderConfig {
             workspace_root: args.workspace_root.clone(),
             cleanup_image: args.cleanup_image.clone(),
+            cleanup_resources: cleanup_resources(
+                [&args.cleanup_cpu_request, &args.cleanup_memory_request],
+                [&args.cleanup_cpu_limit, &args.cleanup_memory_limit],
+            ),
         },
         pending_timeout: Duration::from_secs(args.pending_timeout_seconds),
         metrics: metrics.clone(),
@@ -366,6 +391,11 @@ impl ClaimLoop {
             }
         }
     }
+}
+
+/// The value parser of the cleanup pod's requests and limits.
+fn quantity(value: &str) -> Result<String, String> {
+    decide::quantity_problem(value).map_or_else(|| Ok(value.to_string()), Err)
 }
 
 fn guard_key(object: &DeserializeGuard<RequestState>) -> Option<Key> {
