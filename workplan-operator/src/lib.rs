@@ -2,6 +2,7 @@
 //! RequestState (task-0 … task-<n-1>, then cleanup), re-requests the job of a worker whose Lease
 //! expired, and owns `Workplan.status`. One replica acts at a time (leader election).
 
+pub mod malformed;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
@@ -9,19 +10,22 @@ pub mod status;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, future};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 use plumbing::kit::{self, Events};
 use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
 use shared_types::{JobState, RequestState, Workplan};
 use tokio::sync::watch;
 
+use crate::malformed::Tracker;
 use crate::metrics::Metrics;
-use crate::reconcile::{Context, error_backoff, error_policy, reconcile};
+use crate::reconcile::{Context, MANAGER, error_backoff, error_policy, reconcile};
 
 /// `workplan-operator` flags.
 #[derive(clap::Parser, Debug, Clone)]
@@ -63,34 +67,48 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // One watch per kind, each feeding its cache and the controller's triggers from the same
     // stream. Not kube's shared streams: they drop deletions, and a deleted Lease (a worker that
     // stopped) or RequestState must trigger its Workplan at once. managedFields are dropped before
-    // caching: nothing reads them, and a replace without them keeps the stored ones.
+    // caching: nothing reads them, and a replace without them keeps the stored ones. Every watch
+    // reads through `DeserializeGuard`: an object that does not deserialize is reported and left
+    // out of the cache instead of failing the whole list (see `malformed`).
+    let events = Events::new(client.clone(), MANAGER, &process.identity);
+    let tracker = Tracker::start(client.clone(), events.clone(), metrics.clone());
     let (requests, requests_writer) = reflector::store::<RequestState>();
-    let request_events =
-        watcher(kit::api::<RequestState>(&client, namespace), watcher::Config::default().any_semantic())
-            .modify(|r| r.metadata.managed_fields = None)
-            .default_backoff()
-            .reflect(requests_writer)
-            .touched_objects();
+    let request_events = malformed::guarded(
+        watcher(kit::api::<DeserializeGuard<RequestState>>(&client, namespace), any_semantic())
+            .modify(|r| r.meta_mut().managed_fields = None)
+            .default_backoff(),
+        requests_writer,
+        tracker.clone(),
+    );
     let (leases, leases_writer) = reflector::store::<Lease>();
-    let lease_events = watcher(
-        Api::<Lease>::namespaced(client.clone(), &args.worker_lease_namespace),
-        watcher::Config::default(),
+    let lease_events = malformed::guarded(
+        watcher(
+            Api::<DeserializeGuard<Lease>>::namespaced(client.clone(), &args.worker_lease_namespace),
+            watcher::Config::default(),
+        )
+        .modify(|l| l.meta_mut().managed_fields = None)
+        .default_backoff(),
+        leases_writer,
+        tracker.clone(),
+    );
+    let (workplans, workplans_writer) = reflector::store::<Workplan>();
+    let workplan_events = malformed::guarded(
+        watcher(kit::api::<DeserializeGuard<Workplan>>(&client, namespace), any_semantic()).default_backoff(),
+        workplans_writer,
+        tracker.clone(),
     )
-    .modify(|l| l.metadata.managed_fields = None)
-    .default_backoff()
-    .reflect(leases_writer)
-    .touched_objects();
+    // A malformed Workplan is not reconciled: it is not in the cache.
+    .filter_map(|touched| future::ready(touched.map(|w| w.0.ok()).transpose()));
 
     let started_jobs = requests.clone();
-    let controller =
-        Controller::new(kit::api::<Workplan>(&client, namespace), watcher::Config::default().any_semantic())
-            .owns_stream(request_events)
-            // A Lease that changes or disappears re-examines the jobs its worker started at once,
-            // instead of when the lease would have expired.
-            .watches_stream(lease_events, move |lease: Lease| jobs_of(&started_jobs, &lease.name_any()));
+    let controller = Controller::for_stream(workplan_events, workplans.clone())
+        .owns_stream(request_events)
+        // A Lease that changes or disappears re-examines the jobs its worker started at once,
+        // instead of when the lease would have expired.
+        .watches_stream(lease_events, move |lease| jobs_of(&started_jobs, &lease.name_any()));
 
     let (synced_tx, synced) = watch::channel(false);
-    let (requests_synced, leases_synced, workplans) = (requests.clone(), leases.clone(), controller.store());
+    let (requests_synced, leases_synced) = (requests.clone(), leases.clone());
     let ready = process.readiness.clone();
     tokio::spawn(async move {
         // The only waiter on these two stores (kube-runtime 5 wakes just the last of several).
@@ -105,7 +123,7 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let context = Arc::new(Context {
         client: client.clone(),
-        events: Events::new(client.clone(), "kubeci-workplan-operator", &process.identity),
+        events,
         metrics,
         requests,
         leases,
@@ -116,10 +134,28 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let stop = process.shutdown.clone();
     let controller = controller
         .graceful_shutdown_on(async move { stop.requested().await })
-        .run(reconcile, error_policy, context)
+        .run(
+            move |workplan, ctx| {
+                let waits = tracker.waits(&workplan);
+                async move {
+                    if waits {
+                        // Its RequestState cannot be read: nothing to decide on until it is
+                        // repaired, which triggers this Workplan again.
+                        return Ok(Action::await_change());
+                    }
+                    reconcile(workplan, ctx).await
+                }
+            },
+            error_policy,
+            context,
+        )
         .for_each(|_| async {});
     process.run(controller).await?;
     Ok(())
+}
+
+fn any_semantic() -> watcher::Config {
+    watcher::Config::default().any_semantic()
 }
 
 /// The Workplans whose current job `worker` has started.
