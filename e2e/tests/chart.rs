@@ -287,6 +287,7 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
         (&operator, "update", "requeststates.kube.ci", w),
         (&operator, "create", "requeststates.kube.ci", w),
         (&operator, "patch", "workplans.kube.ci#status", w),
+        (&operator, "patch", "workplans.kube.ci", w),
         (&operator, "watch", "leases", &ns),
         (&worker, "create", "pods", w),
         (&worker, "update", "requeststates.kube.ci", w),
@@ -301,6 +302,8 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
         (&director, "patch", "leases/kubeci-workplan-operator", &ns),
         (&director, "delete", "leases", &ns),
         (&operator, "create", "workplans.kube.ci", w),
+        (&operator, "update", "workplans.kube.ci", w),
+        (&operator, "delete", "workplans.kube.ci", w),
         (&operator, "patch", "workflows.kube.ci", w),
         (&operator, "delete", "pods", w),
         (&worker, "update", "workflows.kube.ci", w),
@@ -388,6 +391,13 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
     })
     .await;
     assert_eq!(completed.spec.tasks.len(), 1, "render and announce plan to one pod");
+    // The operator may remove the cleanup finalizer of what it finished.
+    let name = completed.metadata.name.clone().unwrap();
+    eventually("the operator removes the cleanup finalizer", TIMEOUT, || async {
+        let wp = workplans.get(&name).await.ok()?;
+        wp.metadata.finalizers.as_deref().unwrap_or_default().is_empty().then_some(())
+    })
+    .await;
     let events: Api<Event> = Api::namespaced(workloads.client.clone(), w);
     let reporters: Vec<String> = events
         .list(&ListParams::default())

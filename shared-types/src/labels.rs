@@ -8,3 +8,8 @@ pub const WORKPLAN: &str = "kube.ci/workplan";
 pub const TASK: &str = "kube.ci/task";
 /// Annotation on a Workflow: each new value starts one manual run.
 pub const RUN_ANNOTATION: &str = "kube.ci/run";
+/// Finalizer on every Workplan from its creation: the workplan-operator removes it once the
+/// workspace cleanup was attempted (the final phase is written), or at once when the Workplan is
+/// deleted before any task started. A Workplan deleted mid-run thus stays until its workspace
+/// cleanup was attempted.
+pub const CLEANUP_FINALIZER: &str = "kube.ci/cleanup";

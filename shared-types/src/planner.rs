@@ -184,8 +184,9 @@ fn check(spec: &WorkflowSpec, limits: &Limits) -> Result<StepGraph, Invalid> {
 }
 
 /// The Workplan the director creates for `workflow` on `trigger`: deterministic name, the
-/// Workflow's label, an owner reference to it (when it has a uid, as every stored object does)
-/// and the full task list.
+/// Workflow's label, an owner reference to it (when it has a uid, as every stored object does),
+/// the full task list and the cleanup finalizer ([`labels::CLEANUP_FINALIZER`]): set at creation,
+/// it costs no write of its own, and a Workplan deleted mid-run waits for its workspace cleanup.
 pub fn plan(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workplan, Invalid> {
     let graph = check_workflow(workflow)?;
     let tasks = tasks(&graph, &workflow.spec.steps);
@@ -198,6 +199,7 @@ pub fn plan(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workplan, Inva
     workplan.metadata.namespace = workflow.metadata.namespace.clone();
     workplan.metadata.labels = Some([(labels::WORKFLOW.to_string(), name)].into());
     workplan.metadata.owner_references = workflow.controller_owner_ref(&()).map(|owner| vec![owner]);
+    workplan.metadata.finalizers = Some(vec![labels::CLEANUP_FINALIZER.to_string()]);
     Ok(workplan)
 }
 

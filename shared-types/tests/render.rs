@@ -122,6 +122,11 @@ fn the_plan_names_labels_and_owns_its_workplan() {
     );
     assert_eq!(workplan.spec.workflow, "my-workflow");
     assert_eq!(workplan.spec.tasks.len(), 2);
+    assert_eq!(
+        workplan.metadata.finalizers,
+        Some(vec!["kube.ci/cleanup".to_string()]),
+        "created with its cleanup finalizer: no write of its own"
+    );
 }
 
 #[test]

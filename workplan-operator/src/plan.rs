@@ -1,7 +1,17 @@
 //! The pure middle of a reconciliation: from a Workplan, its RequestState and the expiry of the
-//! claimant's Lease to the RequestState write, the Event and the Workplan status to make. No
-//! I/O and no clock (the caller passes `now`), so that every case is a unit test over the YAML
-//! fixtures in `tests/fixtures/`.
+//! claimant's Lease to the RequestState write, the Event, the Workplan status to make and whether
+//! the cleanup finalizer goes. No I/O and no clock (the caller passes `now`), so that every case
+//! is a unit test over the YAML fixtures in `tests/fixtures/`.
+//!
+//! The cleanup finalizer ([`labels::CLEANUP_FINALIZER`], set by the planner at creation) goes
+//! once the final phase is written (the cleanup was attempted), or at once when the Workplan is
+//! deleted before any task started (nothing to clean). A Workplan deleted while a task was
+//! requested or ran gets its cleanup requested instead of its next task; the task's result, if
+//! its worker reports one later, is dropped (the job moved on), and its pod may run on until the
+//! garbage collector removes it with the Workplan. Such a run ends `Failed` with the reason
+//! `deleted while running task-<i>; workspace cleaned up` (or `...; cleanup failed, the workspace
+//! may remain on the node: <why>`). Deleted during the cleanup of a run whose tasks were done, it
+//! ends as that run would have.
 
 use std::time::Duration;
 
@@ -9,7 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 use shared_types::protocol::{self, Job, Next};
-use shared_types::{JobState, Phase, RequestState, Workplan, WorkplanStatus};
+use shared_types::{HistoryEntry, JobState, Phase, RequestState, Workplan, WorkplanStatus, labels};
 
 use crate::status;
 
@@ -17,6 +27,13 @@ use crate::status;
 /// garbage collection. Its deletion triggers the new Workplan too (owner references are matched
 /// by name); this is the safety net.
 pub const EARLIER_REQUEST_RECHECK: Duration = Duration::from_secs(2);
+
+/// The history message of a cleanup requested because the Workplan was deleted.
+pub const DELETED_MESSAGE: &str = "the Workplan was deleted";
+
+/// The finalizer the garbage collector holds while it deletes a Workplan's dependents first
+/// (foreground propagation).
+const FOREGROUND_DELETION: &str = "foregroundDeletion";
 
 /// What one reconciliation of a Workplan does.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,12 +46,20 @@ pub struct Plan {
     pub notice: Option<Notice>,
     /// Look again after this long even without a change; `None` waits for one.
     pub requeue: Option<Duration>,
+    /// Remove the cleanup finalizer, after the write and the status: the cleanup was attempted,
+    /// or nothing ever ran.
+    pub finalize: bool,
 }
 
 impl Plan {
     /// Nothing to do until something changes.
     pub fn wait() -> Plan {
-        Plan { write: None, status: None, notice: None, requeue: None }
+        Plan { write: None, status: None, notice: None, requeue: None, finalize: false }
+    }
+
+    /// Nothing to do but let the Workplan go, if it still holds the cleanup finalizer.
+    fn release(workplan: &Workplan) -> Plan {
+        Plan { finalize: holds_finalizer(workplan), ..Plan::wait() }
     }
 }
 
@@ -65,6 +90,9 @@ pub enum Notice {
     Started,
     /// A started job was requested again because its worker is gone: Warning `WorkerLost`.
     WorkerLost { job: Job, message: String },
+    /// The Workplan was deleted while `job` was requested or ran (`None`: its RequestState is
+    /// gone too), and its cleanup was requested: Normal `Deleted`.
+    Deleted { job: Option<Job> },
     /// The cleanup was attempted: Normal `Completed`, or Warning `Failed`.
     Finished { phase: Phase, reason: String },
     /// The RequestState cannot be followed, and the Workplan failed: Warning `ProtocolError`.
@@ -76,7 +104,7 @@ impl Notice {
     /// the final status (told once the status is stored). A failed step is retried and told then,
     /// so nothing is told twice and nothing is told that did not happen.
     pub fn reports_write(&self) -> bool {
-        matches!(self, Notice::Started | Notice::WorkerLost { .. })
+        matches!(self, Notice::Started | Notice::WorkerLost { .. } | Notice::Deleted { .. })
     }
 
     /// The Event: its type, reason and note.
@@ -85,6 +113,9 @@ impl Notice {
             Notice::Started => (EventType::Normal, "Started", "requested task-0".into()),
             Notice::WorkerLost { job, message } => {
                 (EventType::Warning, "WorkerLost", format!("{message}; {job} requested again"))
+            }
+            Notice::Deleted { job } => {
+                (EventType::Normal, "Deleted", format!("{}; requested the cleanup", deleted_while(*job)))
             }
             Notice::Finished { phase: Phase::Failed, reason } => {
                 (EventType::Warning, "Failed", reason.clone())
@@ -100,8 +131,24 @@ pub fn belongs_to(request: &RequestState, workplan: &Workplan) -> bool {
     Some(&request.spec.request_uid) == workplan.metadata.uid.as_ref()
 }
 
+/// Whether `workplan` still holds the cleanup finalizer.
+pub fn holds_finalizer(workplan: &Workplan) -> bool {
+    has_finalizer(workplan, labels::CLEANUP_FINALIZER)
+}
+
+fn has_finalizer(workplan: &Workplan, finalizer: &str) -> bool {
+    workplan.metadata.finalizers.iter().flatten().any(|f| f == finalizer)
+}
+
+/// Whether `workplan` is being deleted.
+pub fn deleting(workplan: &Workplan) -> bool {
+    workplan.metadata.deletion_timestamp.is_some()
+}
+
 /// The plan for `workplan` given its RequestState (if any) and, for a started job, when its
-/// worker's Lease expires (`None`: no Lease, or not held by that worker).
+/// worker's Lease expires (`None`: no Lease, or not held by that worker). For a Workplan being
+/// deleted, `request` must be read from the API server, not from a cache: "no task ever started"
+/// lets the Workplan go.
 pub fn plan(
     workplan: &Workplan,
     request: Option<&RequestState>,
@@ -109,12 +156,21 @@ pub fn plan(
     now: Timestamp,
 ) -> Plan {
     if workplan.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished) {
-        return Plan::wait();
+        return Plan::release(workplan);
     }
     if let Some(request) = request
         && !belongs_to(request, workplan)
     {
+        if deleting(workplan) {
+            // This Workplan's RequestState was never created: nothing of it ran.
+            return Plan::release(workplan);
+        }
         return Plan { requeue: Some(EARLIER_REQUEST_RECHECK), ..Plan::wait() };
+    }
+    if deleting(workplan)
+        && let Some(plan) = plan_deleted(workplan, request, now)
+    {
+        return plan;
     }
 
     let alive = |_: &str| lease_expiry.is_some_and(|expiry| expiry > now);
@@ -147,15 +203,133 @@ pub fn plan(
             }
         }
         Ok(Next::Finish { phase, reason }) => {
+            let (phase, reason) = match request.and_then(interrupted) {
+                Some(cut) => (Phase::Failed, deleted_outcome(cut, request)),
+                None => (phase, reason),
+            };
             notice = Some(Notice::Finished { phase, reason: reason.clone() });
             finish = Some((phase, reason));
         }
     }
 
+    let finalize = finish.is_some() && holds_finalizer(workplan);
     let latest = write.as_ref().map(Write::request).or(request);
-    let desired = status::derive(workplan, latest, finish, now);
-    let status = (workplan.status.as_ref() != Some(&desired)).then_some(desired);
-    Plan { write, status, notice, requeue }
+    Plan { status: status_of(workplan, latest, finish, now), write, notice, requeue, finalize }
+}
+
+/// The plan for a Workplan being deleted, unless the protocol goes on as usual (its cleanup was
+/// requested already).
+fn plan_deleted(workplan: &Workplan, request: Option<&RequestState>, now: Timestamp) -> Option<Plan> {
+    if has_finalizer(workplan, FOREGROUND_DELETION) {
+        // The garbage collector deletes the RequestState and waits for the pods first; a
+        // RequestState written now would be deleted under the cleanup. Its finalizer's removal
+        // is an update of the Workplan, which brings it back here.
+        return Some(Plan::wait());
+    }
+    let tasks = workplan.spec.tasks.len();
+    let job = match request {
+        // The cleanup was requested already, or is what the protocol requests next anyway (the
+        // tasks are done): the run ends as it would have.
+        Some(request)
+            if request.spec.job == Job::Cleanup
+                || matches!(
+                    protocol::next(tasks, Some(request), |_| true),
+                    Ok(Next::Request { job: Job::Cleanup, .. })
+                ) =>
+        {
+            return None;
+        }
+        Some(request) if !history(request).iter().any(|e| e.state == JobState::Started) => {
+            // No worker ever claimed a task, so no pod ever made a workspace; a claim that wins
+            // from now on finds the Workplan being deleted and starts nothing.
+            return Some(Plan::release(workplan));
+        }
+        Some(request) => Some(request.spec.job),
+        None if !ran(workplan) => return Some(Plan::release(workplan)),
+        None => None,
+    };
+    let write = match request {
+        Some(request) => {
+            Write::Replace(protocol::request(request, Job::Cleanup, Some(DELETED_MESSAGE.into()), now))
+        }
+        None => Write::Create(cleanup_request(workplan, now)),
+    };
+    let status = status_of(workplan, Some(write.request()), None, now);
+    Some(Plan { write: Some(write), status, notice: Some(Notice::Deleted { job }), ..Plan::wait() })
+}
+
+/// Whether a task of `workplan` was ever requested: the operator writes `Running` with the
+/// first RequestState. For a Workplan whose RequestState is gone (deleted with foreground
+/// propagation, which deletes dependents first).
+fn ran(workplan: &Workplan) -> bool {
+    workplan.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Running) || s.start_time.is_some())
+}
+
+/// A RequestState that requests only the cleanup, for a Workplan deleted after its tasks ran
+/// whose RequestState is gone: on the node its status names, where the workspace is.
+fn cleanup_request(workplan: &Workplan, now: Timestamp) -> RequestState {
+    let mut fresh = protocol::first_request(workplan, now);
+    fresh.status = None;
+    let mut cleanup = protocol::request(&fresh, Job::Cleanup, Some(DELETED_MESSAGE.into()), now);
+    let node = workplan.status.as_ref().and_then(|s| s.node_name.clone());
+    if let Some(entry) = cleanup.status.as_mut().and_then(|s| s.history.first_mut()) {
+        entry.node_name = node;
+    }
+    cleanup
+}
+
+/// The status to apply, `None` when the current one is right. A run cut short by its deletion
+/// says so while its cleanup runs.
+fn status_of(
+    workplan: &Workplan,
+    request: Option<&RequestState>,
+    finish: Option<(Phase, String)>,
+    now: Timestamp,
+) -> Option<WorkplanStatus> {
+    let mut desired = status::derive(workplan, request, finish, now);
+    if desired.phase == Some(Phase::Running)
+        && let Some(cut) = request.and_then(interrupted)
+    {
+        desired.reason = Some(format!("{}; cleaning up", deleted_while(cut)));
+    }
+    (workplan.status.as_ref() != Some(&desired)).then_some(desired)
+}
+
+/// Whether the run was cut short: its cleanup was first requested because the Workplan was
+/// deleted ([`DELETED_MESSAGE`]), not after its tasks were done. `Some` with the task that was
+/// requested or running then (`Some(None)`: the RequestState was made for the cleanup alone).
+fn interrupted(request: &RequestState) -> Option<Option<Job>> {
+    let history = history(request);
+    let cleanup = history.iter().position(|e| e.job == Job::Cleanup)?;
+    (history[cleanup].message.as_deref() == Some(DELETED_MESSAGE))
+        .then(|| history[..cleanup].last().map(|e| e.job))
+}
+
+/// `deleted while running task-<i>`, or without the task when it is not known.
+fn deleted_while(job: Option<Job>) -> String {
+    match job {
+        Some(job) => format!("deleted while running {job}"),
+        None => "deleted while running".to_string(),
+    }
+}
+
+/// The final reason of a run cut short by its deletion, once its cleanup was attempted.
+fn deleted_outcome(cut: Option<Job>, request: Option<&RequestState>) -> String {
+    let failed = request
+        .filter(|r| r.spec.state == JobState::Failed)
+        .map(|r| history(r).iter().rev().find(|e| e.job == Job::Cleanup).and_then(|e| e.message.clone()));
+    match failed {
+        Some(why) => format!(
+            "{}; cleanup failed, the workspace may remain on the node: {}",
+            deleted_while(cut),
+            why.as_deref().unwrap_or("no reason given")
+        ),
+        None => format!("{}; workspace cleaned up", deleted_while(cut)),
+    }
+}
+
+fn history(request: &RequestState) -> &[HistoryEntry] {
+    request.status.as_ref().map(|s| s.history.as_slice()).unwrap_or_default()
 }
 
 /// When `worker`'s Lease expires; `None` if another holds it or it was released.
@@ -368,6 +542,165 @@ mod tests {
     fn a_failed_run_is_a_warning() {
         let notice = Notice::Finished { phase: Phase::Failed, reason: "task-0 failed: boom".into() };
         assert_eq!(notice.event(), (EventType::Warning, "Failed", "task-0 failed: boom".into()));
+    }
+
+    /// The Workplan deleted while task-0 ran.
+    fn deleted() -> Workplan {
+        serde_yaml::from_str(&fixture("deleted-workplan.yaml")).unwrap()
+    }
+
+    /// As the director creates it now: with its cleanup finalizer.
+    fn held(mut wp: Workplan) -> Workplan {
+        wp.metadata.finalizers = Some(vec![labels::CLEANUP_FINALIZER.into()]);
+        wp
+    }
+
+    #[test]
+    fn the_finalizer_goes_with_the_final_status_and_only_then() {
+        let wp = held(workplan());
+        let running = plan(&wp, Some(&request("started-task-0.yaml")), Some(seconds(10)), now());
+        assert!(!running.finalize, "held while a task runs");
+
+        let done = plan(&wp, Some(&request("completed-cleanup.yaml")), None, now());
+        assert_eq!(done.status.as_ref().unwrap().phase, Some(Phase::Completed));
+        assert!(done.finalize, "the cleanup was attempted: removed after the status is stored");
+
+        let failed = plan(&wp, Some(&request("past-last-task.yaml")), None, now());
+        assert_eq!(failed.status.as_ref().unwrap().phase, Some(Phase::Failed));
+        assert!(failed.finalize, "a run the operator gives up on holds nothing either");
+
+        // Finished earlier (the finalizer's removal failed, or an operator stopped in between).
+        let mut finished = wp.clone();
+        finished.status = done.status;
+        let plan_ = plan(&finished, Some(&request("completed-cleanup.yaml")), None, seconds(60));
+        assert_eq!(plan_, Plan { finalize: true, ..Plan::wait() });
+        // Created before the finalizer existed: nothing to remove.
+        let mut old = workplan();
+        old.status = finished.status;
+        assert_eq!(plan(&old, Some(&request("completed-cleanup.yaml")), None, seconds(60)), Plan::wait());
+    }
+
+    #[test]
+    fn deleted_while_a_task_runs_requests_the_cleanup_instead() {
+        let wp = deleted();
+        let rqs = request("started-task-0.yaml");
+        // The worker's Lease is live: it is not lost, the run is cut short all the same.
+        let plan = plan(&wp, Some(&rqs), Some(seconds(10)), now());
+        let Some(Write::Replace(next)) = &plan.write else { panic!("a replace, not {:?}", plan.write) };
+        assert_eq!(next.metadata, rqs.metadata, "guarded by the resourceVersion it was read at");
+        assert_eq!(
+            (next.spec.job, next.spec.state, next.spec.worker.as_deref()),
+            (Job::Cleanup, JobState::Requested, None)
+        );
+        assert_eq!(last(next).message.as_deref(), Some(DELETED_MESSAGE));
+        assert_eq!(plan.notice, Some(Notice::Deleted { job: Some(Job::Task(0)) }));
+        assert!(plan.notice.as_ref().unwrap().reports_write());
+        assert_eq!(
+            plan.notice.unwrap().event(),
+            (EventType::Normal, "Deleted", "deleted while running task-0; requested the cleanup".into())
+        );
+        let status = plan.status.unwrap();
+        assert_eq!(
+            (status.phase, status.reason.as_deref()),
+            (Some(Phase::Running), Some("deleted while running task-0; cleaning up"))
+        );
+        assert!(!plan.finalize, "held until the cleanup was attempted");
+        assert_eq!(plan.requeue, None);
+    }
+
+    #[test]
+    fn deleted_before_any_task_started_lets_go_at_once() {
+        // task-0 requested but never claimed (a claim from now on finds the Workplan being
+        // deleted and starts nothing), or no RequestState at all.
+        let mut wp = deleted();
+        let rqs = request("requested-task-0.yaml");
+        assert_eq!(plan(&wp, Some(&rqs), None, now()), Plan { finalize: true, ..Plan::wait() });
+        wp.status = None;
+        assert_eq!(plan(&wp, None, None, now()), Plan { finalize: true, ..Plan::wait() });
+        // An earlier Workplan's RequestState of the same name: this one's was never made.
+        let earlier = request("earlier-workplan.yaml");
+        assert_eq!(plan(&wp, Some(&earlier), None, now()), Plan { finalize: true, ..Plan::wait() });
+    }
+
+    #[test]
+    fn deleted_after_its_request_state_went_first_cleans_up_on_its_node() {
+        // Foreground propagation: the garbage collector deletes the RequestState and waits for
+        // the pods before it removes its own finalizer. Meanwhile nothing is written.
+        let mut wp = deleted();
+        wp.metadata.finalizers = Some(vec!["foregroundDeletion".into(), labels::CLEANUP_FINALIZER.into()]);
+        assert_eq!(plan(&wp, None, None, now()), Plan::wait());
+        assert_eq!(plan(&wp, Some(&request("started-task-0.yaml")), None, now()), Plan::wait());
+
+        // Then: the status says a task ran, on node-a; a RequestState for the cleanup alone.
+        let plan = plan(&deleted(), None, None, now());
+        let Some(Write::Create(created)) = &plan.write else { panic!("a create, not {:?}", plan.write) };
+        assert_eq!((created.spec.job, created.spec.state), (Job::Cleanup, JobState::Requested));
+        assert_eq!(created.spec.request_uid, deleted().metadata.uid.unwrap());
+        assert_eq!(created.metadata.owner_references.as_ref().unwrap()[0].kind, "Workplan");
+        let history = &created.status.as_ref().unwrap().history;
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].job, history[0].message.as_deref()), (Job::Cleanup, Some(DELETED_MESSAGE)));
+        assert_eq!(
+            protocol::node(created).as_deref(),
+            Some("node-a"),
+            "the cleanup pod goes where the workspace is"
+        );
+        assert_eq!(plan.notice, Some(Notice::Deleted { job: None }));
+        assert_eq!(plan.status.unwrap().reason.as_deref(), Some("deleted while running; cleaning up"));
+        assert!(!plan.finalize);
+    }
+
+    #[test]
+    fn a_deleted_runs_cleanup_ends_it_failed_and_lets_it_go() {
+        let plan_ = plan(&deleted(), Some(&request("deleted-cleanup-completed.yaml")), None, now());
+        let reason = "deleted while running task-0; workspace cleaned up".to_string();
+        assert_eq!(plan_.write, None);
+        assert_eq!(plan_.notice, Some(Notice::Finished { phase: Phase::Failed, reason: reason.clone() }));
+        let status = plan_.status.unwrap();
+        assert_eq!((status.phase, status.reason), (Some(Phase::Failed), Some(reason)));
+        assert!(plan_.finalize);
+
+        // A failed cleanup lets it go too, and says so.
+        let plan_ = plan(&deleted(), Some(&request("deleted-cleanup-failed.yaml")), None, now());
+        let reason = "deleted while running task-0; cleanup failed, the workspace may remain on the node: \
+                      pod build-7f3a-cleanup cannot be created: exceeded quota";
+        assert_eq!(plan_.status.unwrap().reason.as_deref(), Some(reason));
+        assert_eq!(plan_.notice.unwrap().event(), (EventType::Warning, "Failed", reason.into()));
+        assert!(plan_.finalize);
+
+        // The cleanup's worker lost meanwhile: requested again, as for any run.
+        let mut started = request("deleted-cleanup-completed.yaml");
+        started.spec.state = JobState::Started;
+        started.status.as_mut().unwrap().history.pop();
+        let plan_ = plan(&deleted(), Some(&started), None, now());
+        assert_requests(
+            plan_.write.as_ref().unwrap(),
+            &started,
+            Job::Cleanup,
+            Some("worker worker-b lost: its lease expired"),
+        );
+        assert!(!plan_.finalize);
+    }
+
+    #[test]
+    fn deleted_once_its_tasks_were_done_ends_as_it_would_have() {
+        // The last task completed: the cleanup it gets is the usual one.
+        let rqs = request("completed-task-1.yaml");
+        let plan_ = plan(&deleted(), Some(&rqs), None, now());
+        assert_requests(plan_.write.as_ref().unwrap(), &rqs, Job::Cleanup, None);
+        assert_eq!(plan_.notice, None);
+        // A failed task: the same.
+        let rqs = request("failed-task-0.yaml");
+        assert_requests(
+            plan(&deleted(), Some(&rqs), None, now()).write.as_ref().unwrap(),
+            &rqs,
+            Job::Cleanup,
+            None,
+        );
+        // Deleted during the cleanup of a complete run: Completed.
+        let plan_ = plan(&deleted(), Some(&request("completed-cleanup.yaml")), None, now());
+        assert_eq!(plan_.status.unwrap().phase, Some(Phase::Completed));
+        assert!(plan_.finalize);
     }
 
     #[test]

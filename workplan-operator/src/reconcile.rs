@@ -1,6 +1,11 @@
 //! The Workplan reconciler, as a pipeline: fetch the RequestState and the claimant's Lease from
 //! the caches → [`plan`](crate::plan::plan) (pure: decide, build the write, the Event and the
-//! status) → apply the RequestState write → apply the Workplan status, only when it changed.
+//! status) → apply the RequestState write → apply the Workplan status, only when it changed →
+//! remove the cleanup finalizer once the final status is stored (or nothing ever ran).
+//!
+//! A Workplan being deleted reads its RequestState from the API server instead: whether any
+//! task ever started decides whether it may go at once, and a cache behind a worker's claim
+//! would say no.
 //!
 //! Reading from caches instead of the API server is safe because every write is guarded:
 //! a RequestState replaced from a cached copy older than the stored one (someone wrote since,
@@ -17,12 +22,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use plumbing::kit::{ErrorBackoff, Events, MetricLabel};
-use shared_types::{JobState, Phase, RequestState, Workplan};
+use shared_types::{JobState, Phase, RequestState, Workplan, labels};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -43,6 +48,10 @@ pub enum Error {
     Write { name: String, source: kube::Error },
     #[error("applying the status of Workplan {name}: {source}")]
     Status { name: String, source: kube::Error },
+    #[error("reading RequestState {name}: {source}")]
+    Read { name: String, source: kube::Error },
+    #[error("removing the cleanup finalizer of Workplan {name}: {source}")]
+    Finalizer { name: String, source: kube::Error },
     #[error("the RequestState and Lease caches stopped before they synced")]
     NotSynced,
 }
@@ -52,6 +61,8 @@ impl MetricLabel for Error {
         match self {
             Error::Write { .. } => "write_request_state",
             Error::Status { .. } => "status",
+            Error::Read { .. } => "read_request_state",
+            Error::Finalizer { .. } => "finalizer",
             Error::NotSynced => "not_synced",
         }
     }
@@ -108,8 +119,15 @@ async fn fetch(
     ctx: &Context,
 ) -> Result<(Option<Arc<RequestState>>, Option<Timestamp>), Error> {
     ctx.caches_synced().await?;
-    let key = ObjectRef::new(&workplan.name_any()).within(&workplan.namespace().unwrap_or_default());
-    let request = ctx.requests.get(&key);
+    let (name, namespace) = (workplan.name_any(), workplan.namespace().unwrap_or_default());
+    let request = if plan::deleting(workplan) && plan::holds_finalizer(workplan) {
+        let requests: Api<RequestState> = Api::namespaced(ctx.client.clone(), &namespace);
+        let fresh =
+            requests.get_opt(&name).await.map_err(|source| Error::Read { name: name.clone(), source })?;
+        fresh.map(Arc::new)
+    } else {
+        ctx.requests.get(&ObjectRef::new(&name).within(&namespace))
+    };
     let lease_expiry = request
         .as_ref()
         .filter(|r| r.spec.state == JobState::Started)
@@ -149,6 +167,17 @@ async fn apply(workplan: &Workplan, plan: Plan, ctx: &Context) -> Result<Action,
             Err(kube::Error::Api(e)) if e.code == 409 && matches!(write, Write::Create(_)) => {
                 return Ok(Action::await_change());
             }
+            // The cleanup of a deleted Workplan cannot be requested (its namespace is being
+            // deleted, which refuses every create): holding the Workplan would hold the namespace
+            // forever, and the cleanup pod could not be created there either.
+            Err(kube::Error::Api(e)) if e.code == 403 && plan::deleting(workplan) => {
+                tracing::warn!(workplan = %name, reason = %e.message, "the cleanup cannot be requested; letting the Workplan go, its workspace may remain on the node");
+                return Ok(if release(workplan, &workplan.metadata, ctx).await? {
+                    Action::await_change()
+                } else {
+                    Action::requeue(CONFLICT_RETRY)
+                });
+            }
             // Someone wrote in between (a worker's report), or the cache is behind: decide again
             // on the newer RequestState.
             Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(CONFLICT_RETRY)),
@@ -156,22 +185,53 @@ async fn apply(workplan: &Workplan, plan: Plan, ctx: &Context) -> Result<Action,
         }
     }
 
+    let mut stored = None;
     if let Some(status) = &plan.status {
         let patch = serde_json::json!({
             "apiVersion": Workplan::api_version(&()),
             "kind": Workplan::kind(&()),
             "status": status,
         });
-        Api::<Workplan>::namespaced(ctx.client.clone(), &namespace)
+        let patched = Api::<Workplan>::namespaced(ctx.client.clone(), &namespace)
             .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(|source| Error::Status { name: name.clone(), source })?;
+        stored = Some(patched.metadata);
     }
     if let Some(notice) = &status_notice {
         tell(ctx, workplan, notice).await;
     }
+    if plan.finalize && !release(workplan, stored.as_ref().unwrap_or(&workplan.metadata), ctx).await? {
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    }
 
     Ok(plan.requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Removes the cleanup finalizer from the Workplan as `current` describes it, guarded by its
+/// resourceVersion: a merge patch replaces the whole list, so it must be the list as stored.
+/// `false` when the Workplan changed in between (try again on the newer one).
+async fn release(workplan: &Workplan, current: &ObjectMeta, ctx: &Context) -> Result<bool, Error> {
+    let name = workplan.name_any();
+    let finalizers = current.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == labels::CLEANUP_FINALIZER) {
+        return Ok(true);
+    }
+    let rest: Vec<String> = finalizers.into_iter().filter(|f| f != labels::CLEANUP_FINALIZER).collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": rest, "resourceVersion": current.resource_version },
+    });
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
+    match Api::<Workplan>::namespaced(ctx.client.clone(), &workplan.namespace().unwrap_or_default())
+        .patch(&name, &params, &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        // Gone already: nothing left to hold.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
+        Err(source) => Err(Error::Finalizer { name, source }),
+    }
 }
 
 /// Publishes the notice's Event and counts it.
@@ -182,7 +242,7 @@ async fn tell(ctx: &Context, workplan: &Workplan, notice: &Notice) {
             let label = if *phase == Phase::Failed { "Failed" } else { "Completed" };
             ctx.metrics.finished.with_label_values(&[label]).inc();
         }
-        Notice::Started | Notice::ProtocolError { .. } => {}
+        Notice::Started | Notice::Deleted { .. } | Notice::ProtocolError { .. } => {}
     }
     let (type_, reason, note) = notice.event();
     ctx.events.publish(workplan, type_, reason, &note).await;

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use e2e::{Component, TestEnv, TestNamespace, eventually};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pretty_assertions::assert_eq;
 use shared_types::planner;
@@ -91,6 +92,39 @@ async fn finished(ns: &TestNamespace, name: &str) -> Workplan {
         wp.and_then(|w| w.status.as_ref()).and_then(|s| s.phase).is_some_and(Phase::is_finished)
     };
     tokio::time::timeout(TIMEOUT, await_condition(api, name, cond)).await.expect("finishes").unwrap().unwrap()
+}
+
+/// Waits until the Workplan is gone from the API server.
+async fn gone(ns: &TestNamespace, name: &str) {
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    tokio::time::timeout(TIMEOUT, await_condition(api, name, |wp: Option<&Workplan>| wp.is_none()))
+        .await
+        .unwrap_or_else(|_| panic!("Workplan {name} still there after {TIMEOUT:?}"))
+        .unwrap();
+}
+
+/// The note of the operator's Event of `reason` on the Workplan, once it is there.
+async fn event_note(ns: &TestNamespace, name: &str, reason: &str) -> String {
+    let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually(&format!("a {reason} Event on {name}"), TIMEOUT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .and_then(|e| e.note)
+    })
+    .await
+}
+
+/// Plays a live worker that claimed `job` and is still running it; returns the claimed version.
+async fn start(ns: &TestNamespace, name: &str, job: &str, worker: &str) -> RequestState {
+    lease(ns, worker, 300).await;
+    let rqs = requested(ns, name, job).await;
+    let api: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.replace(name, &PostParams::default(), &claim(&rqs, worker, Timestamp::now()).unwrap()).await.unwrap()
 }
 
 fn trail(rqs: &RequestState) -> Vec<(String, JobState)> {
@@ -280,4 +314,153 @@ async fn ready_once_synced_in_an_empty_namespace() {
         operator.is_ready().await.then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_finished_workplan_lets_go_of_its_cleanup_finalizer() {
+    let ns = TestEnv::get().namespace("operator-finalizer").await;
+    let _operator = operator(&ns.name);
+    let created = seed_workplan(&ns).await;
+    let name = created.metadata.name.clone().unwrap();
+    assert_eq!(created.metadata.finalizers, Some(vec!["kube.ci/cleanup".to_string()]), "from the planner");
+    work(&ns, &name, "task-0", "worker-a", JobState::Completed, None).await;
+    work(&ns, &name, "task-1", "worker-a", JobState::Completed, None).await;
+
+    // Kept while the cleanup is pending.
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let rqs = requested(&ns, &name, "cleanup").await;
+    let on_cleanup = |w: Option<&Workplan>| {
+        w.and_then(|w| w.status.as_ref()).is_some_and(|s| s.progress.as_deref() == Some("2/2"))
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(api.clone(), &name, on_cleanup)).await.unwrap().unwrap();
+    assert_eq!(api.get(&name).await.unwrap().metadata.finalizers, Some(vec!["kube.ci/cleanup".to_string()]));
+    assert_eq!(rqs.spec.state, JobState::Requested);
+
+    // Removed once the cleanup was attempted, by the operator's field manager.
+    work(&ns, &name, "cleanup", "worker-a", JobState::Completed, None).await;
+    let released = |w: Option<&Workplan>| {
+        w.is_some_and(|w| w.metadata.finalizers.as_deref().unwrap_or_default().is_empty())
+    };
+    let workplan = tokio::time::timeout(TIMEOUT, await_condition(api.clone(), &name, released))
+        .await
+        .expect("the finalizer goes once the cleanup was attempted")
+        .unwrap()
+        .unwrap();
+    assert_eq!(workplan.status.unwrap().phase, Some(Phase::Completed), "after the final status");
+
+    // So a finished Workplan is deleted at once, with or without the operator.
+    drop(_operator);
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    gone(&ns, &name).await;
+}
+
+#[tokio::test]
+async fn a_workplan_deleted_before_any_task_started_goes_at_once() {
+    let ns = TestEnv::get().namespace("operator-deleted-early").await;
+    let _operator = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    requested(&ns, &name, "task-0").await;
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    gone(&ns, &name).await;
+}
+
+#[tokio::test]
+async fn a_workplan_deleted_mid_run_is_held_until_its_cleanup_was_attempted() {
+    let ns = TestEnv::get().namespace("operator-deleted-mid-run").await;
+    let _operator = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    let running = start(&ns, &name, "task-0", "worker-a").await;
+
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    // The cleanup is requested in place of the task; the Workplan stays and says why.
+    let cleanup = requested(&ns, &name, "cleanup").await;
+    assert_eq!(
+        cleanup.status.unwrap().history.last().unwrap().message.as_deref(),
+        Some("the Workplan was deleted")
+    );
+    let cleaning = |w: Option<&Workplan>| {
+        w.and_then(|w| w.status.as_ref())
+            .is_some_and(|s| s.reason.as_deref() == Some("deleted while running task-0; cleaning up"))
+    };
+    let held = tokio::time::timeout(TIMEOUT, await_condition(api.clone(), &name, cleaning))
+        .await
+        .expect("the Workplan says it is cleaning up")
+        .unwrap()
+        .unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        held.metadata.finalizers,
+        Some(vec!["kube.ci/cleanup".to_string()]),
+        "kept while the cleanup is pending"
+    );
+
+    // The task's worker cannot report it any more: the job moved on.
+    let late =
+        report(&running, "worker-a", JobState::Completed, Some("node-a"), None, Timestamp::now()).unwrap();
+    let requests: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
+    let refused = requests.replace(&name, &PostParams::default(), &late).await.unwrap_err();
+    assert!(matches!(refused, kube::Error::Api(ref e) if e.code == 409), "{refused}");
+
+    work(&ns, &name, "cleanup", "worker-b", JobState::Completed, None).await;
+    gone(&ns, &name).await;
+    let note = event_note(&ns, &name, "Failed").await;
+    assert_eq!(note, "deleted while running task-0; workspace cleaned up");
+    assert_eq!(
+        event_note(&ns, &name, "Deleted").await,
+        "deleted while running task-0; requested the cleanup"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_workplan_whose_cleanup_failed_still_goes_and_says_so() {
+    let ns = TestEnv::get().namespace("operator-deleted-cleanup-failed").await;
+    let _operator = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    start(&ns, &name, "task-0", "worker-a").await;
+    Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    work(&ns, &name, "cleanup", "worker-b", JobState::Failed, Some("exceeded quota")).await;
+    gone(&ns, &name).await;
+    assert_eq!(
+        event_note(&ns, &name, "Failed").await,
+        "deleted while running task-0; cleanup failed, the workspace may remain on the node: exceeded quota"
+    );
+}
+
+#[tokio::test]
+async fn a_workplan_deleted_in_the_foreground_still_gets_its_cleanup() {
+    // Foreground propagation deletes the RequestState first: the cleanup gets a RequestState of
+    // its own, on the node the status names.
+    let ns = TestEnv::get().namespace("operator-deleted-foreground").await;
+    let _operator = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    let rqs = requested(&ns, &name, "task-0").await;
+    let requests: Api<RequestState> = Api::namespaced(ns.client.clone(), &ns.name);
+    let mut claimed = claim(&rqs, "worker-a", Timestamp::now()).unwrap();
+    claimed.status.as_mut().unwrap().history.last_mut().unwrap().node_name = Some("node-a".into());
+    lease(&ns, "worker-a", 300).await;
+    requests.replace(&name, &PostParams::default(), &claimed).await.unwrap();
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let on_node = |w: Option<&Workplan>| {
+        w.and_then(|w| w.status.as_ref()).is_some_and(|s| s.node_name.as_deref() == Some("node-a"))
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(api.clone(), &name, on_node)).await.unwrap().unwrap();
+    let old_uid = requests.get(&name).await.unwrap().metadata.uid;
+
+    api.delete(&name, &DeleteParams::foreground()).await.unwrap();
+    let cleanup = requested(&ns, &name, "cleanup").await;
+    assert_ne!(
+        cleanup.metadata.uid, old_uid,
+        "a RequestState of its own, after the collector deleted the first"
+    );
+    let history = cleanup.status.clone().unwrap().history;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(shared_types::protocol::node(&cleanup).as_deref(), Some("node-a"));
+    work(&ns, &name, "cleanup", "worker-b", JobState::Completed, None).await;
+    gone(&ns, &name).await;
+    assert_eq!(event_note(&ns, &name, "Failed").await, "deleted while running; workspace cleaned up");
 }
