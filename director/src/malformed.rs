@@ -104,7 +104,11 @@ impl Reporter {
         let object = match raw.get_opt(&key.name).await {
             Ok(Some(object)) => serde_json::to_value(object).unwrap_or_default(),
             Ok(None) => return, // deleted: the watch says so next
-            Err(source) => return self.failed(Error::Status { workflow: key.to_string(), source }),
+            // Reported again with its next version, or the next re-list.
+            Err(source) => {
+                self.reported.remove(&key);
+                return self.failed(Error::Status { workflow: key.to_string(), source });
+            }
         };
         let Some(message) = explain(&object) else { return }; // repaired since: the watch brings it
         let malformed = Malformed { key: key.to_string(), message: message.clone() };

@@ -135,10 +135,12 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let controller = controller
         .graceful_shutdown_on(async move { stop.requested().await })
         .run(
-            move |workplan, ctx| {
-                let waits = tracker.waits(&workplan);
+            move |workplan, ctx: Arc<Context>| {
+                let tracker = tracker.clone();
                 async move {
-                    if waits {
+                    // Whether its RequestState is malformed is known once they are listed.
+                    let _ = ctx.synced.clone().wait_for(|synced| *synced).await;
+                    if tracker.waits(&workplan) {
                         // Its RequestState cannot be read: nothing to decide on until it is
                         // repaired, which triggers this Workplan again.
                         return Ok(Action::await_change());
