@@ -112,6 +112,15 @@ pub fn owns(rqs: &RequestState, identity: &str, job: Job) -> bool {
     rqs.spec.job == job && rqs.spec.state == JobState::Started && rqs.spec.worker.as_deref() == Some(identity)
 }
 
+/// Whether the job this process runs (`running`) was taken from it by the request of another
+/// job: the workplan-operator requested the cleanup of a Workplan deleted mid-run. Its result
+/// could not be reported any more, and following its pod would hold the RequestState's one slot
+/// in this process, so that the cleanup would wait for the task's pod to end. (After this
+/// worker's own report the next job is requested too; the report is done by then.)
+pub fn moved_on(rqs: &RequestState, running: Job) -> bool {
+    rqs.spec.job != running && rqs.spec.state == JobState::Requested
+}
+
 /// Whether the RequestState belongs to this Workplan (its `request-uid` is the Workplan's uid).
 pub fn belongs_to(rqs: &RequestState, workplan: &Workplan) -> bool {
     workplan.metadata.uid.as_deref() == Some(rqs.spec.request_uid.as_str())
@@ -672,6 +681,16 @@ mod tests {
             !create_retryable(&kube::Error::Api(Box::new(terminating))),
             "never in a namespace being deleted"
         );
+    }
+
+    #[test]
+    fn a_job_moved_on_when_another_is_requested() {
+        let rqs = requested("wp", 0);
+        let cleanup = protocol::request(&rqs, Job::Cleanup, Some("the Workplan was deleted".into()), at(1));
+        assert!(moved_on(&cleanup, Job::Task(0)), "the cleanup requested in place of the running task");
+        assert!(!moved_on(&rqs, Job::Task(0)), "the same job requested again (a lost worker): not this");
+        let started = protocol::claim(&cleanup, "w2", at(2)).unwrap();
+        assert!(!moved_on(&started, Job::Task(0)), "only a request moves it on");
     }
 
     #[test]

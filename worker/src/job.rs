@@ -62,11 +62,21 @@ fn post_params() -> PostParams {
 /// runs it, reports it. Returns the resourceVersions of the RequestState this job has moved
 /// past, so the claim loop can drop them from its view instead of acting on them again.
 ///
+/// `moved_on` is cancelled by the claim loop when another job of the RequestState was requested
+/// meanwhile ([`decide::moved_on`]: the cleanup of a Workplan deleted mid-run): the job stops
+/// following its pod, whose result could not be reported, and leaves the pod to the garbage
+/// collector.
+///
 /// A job spends most of its life waiting for its pod, and a task is as large as its largest
 /// state: the steps with API requests in them (claim, start, read, report) are boxed, so that a
 /// waiting job does not carry their request futures (a debug build measured the task's future
 /// at 16.7 KB unboxed, 3.6 KB boxed).
-pub async fn take_up(ctx: Arc<Context>, work: Work, rqs: RequestState) -> Vec<String> {
+pub async fn take_up(
+    ctx: Arc<Context>,
+    work: Work,
+    rqs: RequestState,
+    moved_on: CancellationToken,
+) -> Vec<String> {
     let Some(key) = Key::of(&rqs) else { return Vec::new() };
     let span = tracing::info_span!("job", rqs = %key, job = %rqs.spec.job);
     async move {
@@ -95,8 +105,11 @@ pub async fn take_up(ctx: Arc<Context>, work: Work, rqs: RequestState) -> Vec<St
             Box::pin(report(&ctx, &api, &key, job, outcome)).await
         };
         let finished = tokio::select! {
+            // A report that is done counts, whatever came meanwhile.
+            biased;
             reported = finish => Some(reported),
             _ = ctx.abandon.cancelled() => None,
+            _ = moved_on.cancelled() => Some(None),
         };
         drop(in_flight);
         match finished {
@@ -104,6 +117,12 @@ pub async fn take_up(ctx: Arc<Context>, work: Work, rqs: RequestState) -> Vec<St
                 ctx.metrics.jobs.with_label_values(&[outcome.label()]).inc();
                 ctx.metrics.job_duration.observe(begun.elapsed().as_secs_f64());
                 superseded.push(rv);
+            }
+            Some(None) if moved_on.is_cancelled() => {
+                ctx.metrics.results_dropped.inc();
+                tracing::warn!(
+                    "another job was requested (the Workplan was deleted); stopped following the pod"
+                );
             }
             Some(None) => ctx.metrics.results_dropped.inc(),
             None => {

@@ -38,6 +38,7 @@ use plumbing::admin::{self, Readiness};
 use plumbing::kit::{self, MetricLabel};
 use plumbing::{CommonArgs, Shutdown, leader};
 use shared_types::RequestState;
+use shared_types::protocol::Job;
 use shared_types::render::{
     DEFAULT_CLEANUP_CPU_LIMIT, DEFAULT_CLEANUP_CPU_REQUEST, DEFAULT_CLEANUP_IMAGE,
     DEFAULT_CLEANUP_MEMORY_LIMIT, DEFAULT_CLEANUP_MEMORY_REQUEST, DEFAULT_WORKSPACE_ROOT, RenderConfig,
@@ -304,6 +305,8 @@ impl ClaimLoop {
         let mut listing: Option<HashMap<Key, Candidate>> = None;
         // Objects a job task of this process is working on.
         let mut running: HashSet<Key> = HashSet::new();
+        // The job each of them runs, and how to stop it when another job is requested.
+        let mut moved_on: HashMap<Key, (Job, CancellationToken)> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut lease_open = true;
         loop {
@@ -313,6 +316,7 @@ impl ClaimLoop {
                 _ = shutdown.requested() => break,
                 Some(finished) = done_rx.recv() => {
                     running.remove(&finished.key);
+                    moved_on.remove(&finished.key);
                     let stale = candidates.get(&finished.key).and_then(|c| c.rqs.metadata.resource_version.as_ref())
                         .is_some_and(|rv| finished.superseded.contains(rv));
                     if stale {
@@ -331,7 +335,15 @@ impl ClaimLoop {
                             tracing::info!(candidates = candidates.len(), "RequestStates listed");
                         }
                     }
-                    Some(Ok(Event::Apply(object))) => self.observe(&mut candidates, object, &identity),
+                    Some(Ok(Event::Apply(object))) => {
+                        if let (Ok(rqs), Some(key)) = (&object.0, guard_key(&object))
+                            && let Some((job, stop)) = moved_on.get(&key)
+                            && decide::moved_on(rqs, *job)
+                        {
+                            stop.cancel();
+                        }
+                        self.observe(&mut candidates, object, &identity)
+                    }
                     Some(Ok(Event::Delete(object))) => {
                         if let Some(key) = guard_key(&object) {
                             candidates.remove(&key);
@@ -354,9 +366,11 @@ impl ClaimLoop {
                     let Some(key) = decide::pick(&candidates, &running, &identity) else { continue };
                     let Some(candidate) = candidates.get(&key).cloned() else { continue };
                     running.insert(key.clone());
+                    let stop = CancellationToken::new();
+                    moved_on.insert(key.clone(), (candidate.rqs.spec.job, stop.clone()));
                     let (ctx, done) = (self.ctx.clone(), done_tx.clone());
                     self.jobs.spawn(async move {
-                        let superseded = job::take_up(ctx, candidate.work, candidate.rqs).await;
+                        let superseded = job::take_up(ctx, candidate.work, candidate.rqs, stop).await;
                         let _ = done.send(Finished { key, superseded });
                         drop(permit);
                     });
