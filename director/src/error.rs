@@ -9,8 +9,6 @@ use plumbing::kit::MetricLabel;
 /// Everything that can go wrong in the director.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("listing Workplans of {workflow}: {source}")]
-    ListWorkplans { workflow: String, source: kube::Error },
     #[error("applying the status of {workflow}: {source}")]
     Status { workflow: String, source: kube::Error },
     #[error("creating Workplan {workplan}: {source}")]
@@ -32,7 +30,6 @@ pub enum Error {
 impl MetricLabel for Error {
     fn metric_label(&self) -> &'static str {
         match self {
-            Error::ListWorkplans { .. } => "list_workplans",
             Error::Status { .. } => "status",
             Error::CreateWorkplan { .. } => "create_workplan",
             Error::SaveRecord { .. } => "save_record",

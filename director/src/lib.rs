@@ -4,9 +4,10 @@
 //! election); the others wait.
 //!
 //! One Workflow watch ([`stream`]) feeds the Workflow controller ([`workflow`]) and the trigger
-//! engine ([`triggers`]). Field ownership of `Workflow.status` is explicit, by server-side apply:
-//! the controller's fields with the manager [`FIELD_MANAGER`], the trigger record with
-//! [`triggers::FIELD_MANAGER`].
+//! engine ([`triggers`]); one Workplan watch ([`workplans`]) feeds the controller's `owns` and the
+//! Workplan cache both read. Field ownership of `Workflow.status` is explicit, by server-side
+//! apply: the controller's fields with the manager [`FIELD_MANAGER`], the trigger record and
+//! `pendingRuns` with [`triggers::FIELD_MANAGER`].
 
 pub mod error;
 pub mod malformed;
@@ -15,21 +16,23 @@ pub mod stream;
 pub mod triggers;
 pub mod webhook;
 pub mod workflow;
+pub mod workplans;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::Controller;
-use kube::runtime::watcher;
 use plumbing::kit::{self, Events, Kinds};
 use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
-use shared_types::{Workflow, Workplan};
+use shared_types::Workflow;
 
 pub use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::triggers::{Engine, Shared};
-use crate::workflow::{Context, error_policy, reconcile};
+use crate::triggers::pending::Caps;
+use crate::triggers::{Engine, Records, Shared};
+use crate::workflow::{Context, History, error_policy, reconcile};
+use crate::workplans::Guarded;
 
 /// The field manager of the Workflow controller: its status fields and the Workplans it and
 /// the engine create.
@@ -47,6 +50,45 @@ pub struct Args {
 
     #[command(flatten)]
     pub webhook: webhook::WebhookArgs,
+
+    #[command(flatten)]
+    pub runs: RunArgs,
+}
+
+/// The defaults that bound each Workflow's runs and history; a Workflow's spec overrides them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Finished Workplans kept per Workflow that sets no `spec.workplanHistoryLimit`.
+    #[arg(long, env = "KUBECI_WORKPLAN_HISTORY_LIMIT", default_value_t = 10)]
+    pub workplan_history_limit: u32,
+
+    /// Seconds a finished Workplan is kept after its completion, for Workflows that set no
+    /// `spec.workplanHistoryTTLSeconds` (default 7 days).
+    #[arg(long, env = "KUBECI_WORKPLAN_HISTORY_TTL_SECONDS", default_value_t = 604_800)]
+    pub workplan_history_ttl_seconds: u64,
+
+    /// Most Workplans a Workflow starts in any 60 seconds, unless it sets
+    /// `spec.limits.runsPerMinute`. More wait, in order, in `status.pendingRuns`.
+    #[arg(long, env = "KUBECI_RUNS_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs_per_minute: u32,
+
+    /// Most unfinished (Pending or Running) Workplans of one Workflow, unless it sets
+    /// `spec.limits.concurrentRuns`. More wait, in order, in `status.pendingRuns`.
+    #[arg(long, env = "KUBECI_CONCURRENT_RUNS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrent_runs: u32,
+}
+
+impl RunArgs {
+    fn caps(&self) -> Caps {
+        Caps { runs_per_minute: self.runs_per_minute, concurrent_runs: self.concurrent_runs }
+    }
+
+    fn history(&self) -> History {
+        History {
+            limit: self.workplan_history_limit.min(i32::MAX as u32) as i32,
+            ttl_seconds: self.workplan_history_ttl_seconds.min(i64::MAX as u64) as i64,
+        }
+    }
 }
 
 /// Runs the director until SIGTERM/SIGINT, or until it loses the lease (an error: the process
@@ -72,21 +114,30 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     let client = process.client.clone();
     let namespace = args.common.namespace.as_deref();
+    let events = Events::new(client.clone(), FIELD_MANAGER, &process.identity);
     let shared = Shared {
         client: client.clone(),
-        events: Events::new(client.clone(), FIELD_MANAGER, &process.identity),
+        events: events.clone(),
         metrics: metrics.clone(),
         kinds: Arc::new(Kinds::default()),
+        caps: args.runs.caps(),
+        records: Records::new(client.clone()),
     };
     let workflows: Api<Workflow> = kit::api(&client, namespace);
-    let workplans: Api<Workplan> = kit::api(&client, namespace);
+    let workplans: Api<Guarded> = kit::api(&client, namespace);
 
     let (store, applied, watch) = stream::workflows(workflows);
-    let (engine, engine_task) = Engine::start(shared.clone(), store.clone(), process.shutdown.clone());
+    let (workplan_cache, synced, workplan_changes) = workplans::watch(workplans, events);
+    let (engine, engine_task) = Engine::start(
+        shared.clone(),
+        store.clone(),
+        workplan_cache.clone(),
+        synced.clone(),
+        process.shutdown.clone(),
+    );
     let watch = tokio::spawn(watch.run(engine.clone(), metrics.clone()));
-    let controller = Controller::for_shared_stream(applied, store.clone())
-        .owns(workplans, watcher::Config::default().any_semantic());
-    let context = Arc::new(Context::new(shared, engine));
+    let controller = Controller::for_shared_stream(applied, store.clone()).owns_stream(workplan_changes);
+    let context = Arc::new(Context::new(shared, engine, (workplan_cache, synced), args.runs.history()));
     let ready = process.readiness.clone();
     tokio::spawn(async move {
         if ready.set_ready_when_synced(&store).await {

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub workplans_created: IntCounter,
     /// Creates that found the Workplan already there (a replayed event).
     pub workplans_existing: IntCounter,
+    /// Runs whose Workplan does not exist yet: on their way, refused and retried, or held by
+    /// a cap.
+    pub workplans_pending: IntGauge,
     /// Admission reviews answered by the webhook, by verdict (`allowed`, `denied`, `malformed`).
     pub admission_reviews: IntCounterVec,
 }
@@ -43,6 +46,7 @@ impl Metrics {
             workplans_created: r.counter("workplans_created_total", "Workplans created"),
             workplans_existing: r
                 .counter("workplans_existing_total", "Workplan creates that found it existing"),
+            workplans_pending: r.gauge("workplans_pending", "Runs decided whose Workplan does not exist yet"),
             admission_reviews: r.counter_vec(
                 "admission_reviews_total",
                 "Admission reviews answered, by verdict",

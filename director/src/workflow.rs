@@ -1,12 +1,18 @@
-//! The Workflow controller: validates each Workflow with the planner, keeps its status, starts
+//! The Workflow controller: validates each Workflow with the planner, keeps its status, asks for
 //! the runs that do not come from triggers (one per generation for Workflows without triggers,
-//! one per new `kube.ci/run` value), trims old Workplans, and hands valid triggers to the engine.
+//! one per new `kube.ci/run` value), trims and expires finished Workplans, and hands valid
+//! triggers to the engine.
 //!
-//! A reconciliation is a pipeline: [`fetch`] (I/O: discovery, access reviews, the Workflow's
-//! Workplans) → [`validate`] (pure: the planner, the selectors, the resolved triggers) →
-//! [`build`] (pure: the runs to start, the history to trim, the status) → `apply` (creates and
-//! deletes Workplans, tells the engine) → `status` (one server-side apply of the controller's
-//! status fields, only when they changed).
+//! A reconciliation is a pipeline: [`fetch`] (I/O: discovery, access reviews; the Workflow's
+//! Workplans from the Workplan cache, never a LIST) → [`validate`] (pure: the planner, the
+//! selectors, the resolved triggers) → [`build`] (pure: the own runs still to create, the history
+//! to delete, the status) → `apply` (tells the engine, which creates the runs with the trigger
+//! runs, in order and under the Workflow's caps; deletes Workplans) → `status` (one server-side
+//! apply of the controller's status fields, only when they changed).
+//!
+//! An own run counts as done once its Workplan is in the cache: only then do `observedGeneration`
+//! and `lastManualRun` advance, so a run whose create is refused is asked for again by every
+//! reconcile, also after a restart, until it exists.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,11 +23,11 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use plumbing::kit::{ErrorBackoff, group_version_kind};
 use serde::{Deserialize, Serialize};
@@ -33,7 +39,8 @@ use shared_types::{
 use crate::FIELD_MANAGER;
 use crate::error::Error;
 use crate::triggers::decide::Rule;
-use crate::triggers::{Command, Engine, Shared, create_workplan};
+use crate::triggers::{Command, Engine, Shared};
+use crate::workplans::{self, Guarded, Synced};
 
 /// Shared by every reconciliation.
 pub struct Context {
@@ -45,15 +52,46 @@ pub struct Context {
     pub engine: Engine,
     /// Per-Workflow back-off of failed reconciliations.
     pub backoff: ErrorBackoff<ObjectRef<Workflow>>,
+    /// The Workplan watch's cache, and when it has synced.
+    pub workplans: Store<Guarded>,
+    pub synced: Synced,
+    /// The retention of Workflows that set none.
+    pub history: History,
 }
 
 impl Context {
-    pub fn new(shared: Shared, engine: Engine) -> Context {
+    pub fn new(
+        shared: Shared,
+        engine: Engine,
+        (workplans, synced): (Store<Guarded>, Synced),
+        history: History,
+    ) -> Context {
         Context {
             shared,
             allowed_watches: Mutex::default(),
             engine,
             backoff: ErrorBackoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            workplans,
+            synced,
+            history,
+        }
+    }
+}
+
+/// How many finished Workplans a Workflow keeps, and for how long after they finished: the
+/// director's defaults, overridden by `spec.workplanHistoryLimit` and
+/// `spec.workplanHistoryTTLSeconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct History {
+    pub limit: i32,
+    pub ttl_seconds: i64,
+}
+
+impl History {
+    pub fn of(workflow: &Workflow, defaults: History) -> History {
+        History {
+            limit: workflow.spec.workplan_history_limit.unwrap_or(defaults.limit),
+            ttl_seconds: workflow.spec.workplan_history_ttl_seconds.unwrap_or(defaults.ttl_seconds),
         }
     }
 }
@@ -158,6 +196,32 @@ pub fn history_to_delete(workplans: &[Workplan], limit: Option<i32>) -> Vec<Stri
     finished.into_iter().take(excess).map(ResourceExt::name_any).collect()
 }
 
+/// The finished Workplans whose time after completion (their creation, for one without a
+/// completion time) is up at `now`, and how long until the next one's is.
+pub fn expired(workplans: &[Workplan], ttl_seconds: i64, now: Timestamp) -> (Vec<String>, Option<Duration>) {
+    let mut expired = Vec::new();
+    let mut next: Option<Duration> = None;
+    for wp in workplans {
+        let status = wp.status.as_ref();
+        if !status.and_then(|s| s.phase).is_some_and(Phase::is_finished) {
+            continue;
+        }
+        let finished = status
+            .and_then(|s| s.completion_time.clone())
+            .or(wp.metadata.creation_timestamp.clone())
+            .map_or(now, |t| t.0);
+        let left = finished.as_second().saturating_add(ttl_seconds.max(0)).saturating_sub(now.as_second());
+        if left <= 0 {
+            expired.push(wp.name_any());
+        } else {
+            let left = Duration::from_secs(left as u64);
+            next = Some(next.map_or(left, |n| n.min(left)));
+        }
+    }
+    expired.sort();
+    (expired, next)
+}
+
 /// Workplans by phase (a Workplan without status is Pending).
 pub fn counts(workplans: &[Workplan]) -> WorkplanCounts {
     let mut counts = WorkplanCounts::default();
@@ -217,16 +281,16 @@ pub struct Run {
 /// What [`build`] decides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
-    /// The Workflow's own runs to start.
+    /// The Workflow's own runs whose Workplan does not exist yet: for the engine to create.
     pub runs: Vec<Run>,
-    /// Finished Workplans beyond the history limit.
+    /// Finished Workplans beyond the history limit or past their TTL.
     pub delete: Vec<String>,
     /// A Warning Event to publish: the Workflow is not ready, for a reason not reported yet.
     pub warning: Option<(String, String)>,
-    /// The controller's status fields before any run is created ([`status_after`] adds them).
+    /// The controller's status fields.
     pub status: WorkflowStatus,
-    /// The names of the Workplans that stay (for [`status_after`]).
-    pub kept: BTreeSet<String>,
+    /// When the next finished Workplan's TTL is up: reconcile then.
+    pub requeue: Option<Duration>,
 }
 
 /// One reconciliation of one Workflow: counted, timed, and its error back-off reset on success.
@@ -246,31 +310,29 @@ async fn reconcile_inner(workflow: &Arc<Workflow>, ctx: &Context) -> Result<Acti
     }
     let fetched = fetch(ctx, workflow).await?;
     let validated = validate(workflow, &fetched.access);
-    let desired = build(workflow, &validated, &fetched.workplans, Timestamp::now());
-    let created = apply(ctx, workflow, &validated, &desired).await;
-    status(ctx, workflow, &status_after(&desired, &created)).await?;
-    Ok(match validated.health {
+    let desired = build(workflow, &validated, &fetched.workplans, Timestamp::now(), ctx.history);
+    apply(ctx, workflow, &validated, &desired).await;
+    status(ctx, workflow, &desired.status).await?;
+    let unresolved = match validated.health {
         // The kind may be installed later (a CRD), the access granted; look again.
-        Health::Unresolved { .. } => Action::requeue(Duration::from_secs(30)),
-        _ => Action::await_change(),
+        Health::Unresolved { .. } => Some(Duration::from_secs(30)),
+        _ => None,
+    };
+    Ok(match unresolved.into_iter().chain(desired.requeue).min() {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
     })
 }
 
 /// Reads what the decisions need: whether each trigger's kind is served and may be watched,
-/// and the Workflow's Workplans.
+/// and the Workflow's Workplans (from the Workplan cache, once it has synced).
 pub async fn fetch(ctx: &Context, workflow: &Workflow) -> Result<Fetched, Error> {
-    let name = workflow.name_any();
     let namespace = workflow.namespace().unwrap_or_default();
     let access = trigger_access(ctx, workflow, &namespace).await;
-    let workplans: Api<Workplan> = Api::namespaced(ctx.shared.client.clone(), &namespace);
-    let selector = format!("{}={}", labels::WORKFLOW, name);
-    let mut list = workplans
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::ListWorkplans { workflow: name.clone(), source })?
-        .items;
-    list.retain(|wp| wp.owner_references().iter().any(|o| Some(&o.uid) == workflow.metadata.uid.as_ref()));
-    Ok(Fetched { access, workplans: list })
+    // Counting, trimming or asking for runs from a cache still filling would be wrong; this
+    // waits only until the first listing is in.
+    ctx.synced.wait().await;
+    Ok(Fetched { access, workplans: workplans::of_workflow(&ctx.workplans, workflow) })
 }
 
 /// The planner's verdict, the label selectors the trigger watches need, and whether every
@@ -331,13 +393,20 @@ fn trigger_health(workflow: &Workflow, access: &[Access]) -> Health {
     Health::Valid
 }
 
-/// The runs to start, the history to trim, a Warning to publish, and the controller's status
-/// fields.
-pub fn build(workflow: &Workflow, validated: &Validated, workplans: &[Workplan], now: Timestamp) -> Desired {
+/// The own runs still to create, the history to delete, a Warning to publish, and the
+/// controller's status fields. `workplans` are the Workflow's Workplans as cached.
+pub fn build(
+    workflow: &Workflow,
+    validated: &Validated,
+    workplans: &[Workplan],
+    now: Timestamp,
+    defaults: History,
+) -> Desired {
     let previous = workflow.status.clone().unwrap_or_default();
     let health = &validated.health;
     let generation = workflow.metadata.generation;
-    let runs = match validated.rules {
+    let existing: BTreeSet<String> = workplans.iter().map(ResourceExt::name_any).collect();
+    let wanted: Vec<Run> = match validated.rules {
         None => Vec::new(),
         Some(_) => runs_to_start(workflow)
             .into_iter()
@@ -347,6 +416,8 @@ pub fn build(workflow: &Workflow, validated: &Validated, workplans: &[Workplan],
             })
             .collect(),
     };
+    let (done, runs): (Vec<Run>, Vec<Run>) =
+        wanted.into_iter().partition(|run| existing.contains(&run.workplan.name_any()));
     let (reason, message) = match health {
         Health::Valid => ("", ""),
         Health::Invalid(message) => ("Invalid", message.as_str()),
@@ -357,80 +428,61 @@ pub fn build(workflow: &Workflow, validated: &Validated, workplans: &[Workplan],
             && previous.conditions.iter().any(|c| c.message == message);
     let warning = (*health != Health::Valid && !reported).then(|| (reason.to_string(), message.to_string()));
 
-    let delete = history_to_delete(workplans, workflow.spec.workplan_history_limit);
-    let kept: Vec<&Workplan> = workplans.iter().filter(|wp| !delete.contains(&wp.name_any())).collect();
+    let history = History::of(workflow, defaults);
+    let (expired, requeue) = expired(workplans, history.ttl_seconds, now);
+    let mut delete = history_to_delete(workplans, Some(history.limit));
+    for name in expired {
+        if !delete.contains(&name) {
+            delete.push(name);
+        }
+    }
+    let kept: Vec<Workplan> =
+        workplans.iter().filter(|wp| !delete.contains(&wp.name_any())).cloned().collect();
     let newest =
         kept.iter().max_by_key(|wp| (wp.metadata.creation_timestamp.clone().map(|t| t.0), wp.name_any()));
-    let kept_owned: Vec<Workplan> = kept.iter().map(|wp| (*wp).clone()).collect();
     let status = WorkflowStatus {
-        // Also when suspended: that generation's run is skipped, not postponed.
-        observed_generation: generation,
+        // Once every own run of this generation exists (also when suspended: that generation's
+        // run is skipped, not postponed).
+        observed_generation: if runs.is_empty() { generation } else { previous.observed_generation },
         conditions: conditions(&previous.conditions, health, generation, now),
         steps: Some(workflow.spec.steps.len() as i32),
         triggers: Some(workflow.spec.triggers.len() as i32),
-        last_manual_run: previous.last_manual_run.clone(),
+        // A manual run's value is recorded once its Workplan exists.
+        last_manual_run: done.iter().find_map(|run| run.manual.clone()).or(previous.last_manual_run.clone()),
         last_workplan: newest.map(|wp| wp.name_any()).or(previous.last_workplan.clone()),
-        workplans: Some(counts(&kept_owned)),
+        workplans: Some(counts(&kept)),
         ..WorkflowStatus::default()
     };
-    Desired { runs, delete, warning, status, kept: kept.iter().map(|wp| wp.name_any()).collect() }
+    Desired { runs, delete, warning, status, requeue }
 }
 
-/// The status once `created` (the runs whose Workplan now exists) are counted: each new one is
-/// Pending, the last one is the last Workplan (creation times have one-second resolution), and a
-/// manual run's value is recorded only once its Workplan exists.
-pub fn status_after(desired: &Desired, created: &[&Run]) -> WorkflowStatus {
-    let mut status = desired.status.clone();
-    for run in created {
-        let name = run.workplan.name_any();
-        if !desired.kept.contains(&name) {
-            status.workplans.get_or_insert_with(WorkplanCounts::default).pending += 1;
-        }
-        if run.event == EventKind::Manual {
-            status.last_manual_run = run.manual.clone();
-        }
-        status.last_workplan = Some(name);
-    }
-    status
-}
-
-/// Tells the engine, publishes the Warning, creates the runs and trims the history. Returns the
-/// runs whose Workplan exists now.
-async fn apply<'a>(
-    ctx: &Context,
-    workflow: &Arc<Workflow>,
-    validated: &Validated,
-    desired: &'a Desired,
-) -> Vec<&'a Run> {
+/// Tells the engine (the triggers, and the own runs to create), publishes the Warning and
+/// deletes the history.
+async fn apply(ctx: &Context, workflow: &Arc<Workflow>, validated: &Validated, desired: &Desired) {
     let name = workflow.name_any();
     match &validated.rules {
-        Some(rules) => {
-            ctx.engine.send(Command::Register { workflow: workflow.clone(), rules: rules.clone() })
-        }
+        Some(rules) => ctx.engine.send(Command::Register {
+            workflow: workflow.clone(),
+            rules: rules.clone(),
+            own: desired.runs.clone(),
+        }),
         None => ctx.engine.send(Command::Unregister(ObjectRef::from_obj(workflow.as_ref()))),
     }
     if let Some((reason, message)) = &desired.warning {
         tracing::info!(workflow = %name, reason, message, "Workflow is not ready");
         ctx.shared.events.warning(workflow.as_ref(), reason, message).await;
     }
-    let mut created = Vec::new();
-    for run in &desired.runs {
-        if create_workplan(&ctx.shared, workflow, &run.workplan, run.event).await.is_some() {
-            created.push(run);
-        }
-    }
     let workplans: Api<Workplan> =
         Api::namespaced(ctx.shared.client.clone(), &workflow.namespace().unwrap_or_default());
     for old in &desired.delete {
         match workplans.delete(old, &DeleteParams::background()).await {
             Ok(_) => {
-                tracing::info!(workflow = %name, workplan = %old, "deleted a finished Workplan beyond workplanHistoryLimit")
+                tracing::info!(workflow = %name, workplan = %old, "deleted a finished Workplan beyond the history limit or its TTL")
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => tracing::warn!(workplan = %old, error = %e, "could not delete an old Workplan"),
         }
     }
-    created
 }
 
 /// Applies the controller's status fields when they differ from what the cached object holds.
@@ -629,6 +681,8 @@ mod tests {
         assert!(apply["status"].get("lastObservedResourceGeneration").is_none(), "{apply}");
     }
 
+    const DEFAULTS: History = History { limit: 10, ttl_seconds: 7 * 24 * 3600 };
+
     /// Each `tests/fixtures/reconcile/*.yaml` is a Workflow, its Workplans and what `fetch` found
     /// of its triggers' access, in; the pure steps' decisions and status, out (`expect`; with
     /// `KUBECI_BLESS=1` the test prints what it got instead).
@@ -647,8 +701,7 @@ mod tests {
             let access: Vec<Access> = serde_json::from_value(case["access"].clone()).unwrap();
 
             let validated = validate(&workflow, &access);
-            let desired = build(&workflow, &validated, &workplans, now);
-            let every_run: Vec<&Run> = desired.runs.iter().collect();
+            let desired = build(&workflow, &validated, &workplans, now, DEFAULTS);
             let got = serde_json::json!({
                 "register": validated.rules.is_some(),
                 "runs": desired.runs.iter().map(|run| serde_json::json!({
@@ -661,7 +714,8 @@ mod tests {
                     "reason": reason,
                     "message": message,
                 })),
-                "status": status_after(&desired, &every_run),
+                "requeue": desired.requeue.map(|after| after.as_secs()),
+                "status": desired.status,
             });
             if std::env::var_os("KUBECI_BLESS").is_some() {
                 println!("# {}\nexpect:\n{}", file.display(), serde_yaml::to_string(&got).unwrap());
@@ -760,6 +814,21 @@ mod tests {
         };
         wp.status = phase.map(|phase| WorkplanStatus { phase: Some(phase), ..WorkplanStatus::default() });
         wp
+    }
+
+    #[test]
+    fn the_default_history_applies_unless_the_workflow_sets_its_own() {
+        let mut wf = workflow(false, 1, Some(1));
+        assert_eq!(History::of(&wf, DEFAULTS), DEFAULTS);
+        wf.spec.workplan_history_limit = Some(1);
+        wf.spec.workplan_history_ttl_seconds = Some(0);
+        assert_eq!(History::of(&wf, DEFAULTS), History { limit: 1, ttl_seconds: 0 });
+        // TTL 0: finished now, gone now.
+        let mut done = workplan("done", 5, Some(Phase::Completed));
+        done.status.as_mut().unwrap().completion_time = Some(Time(Timestamp::from_second(10).unwrap()));
+        let now = Timestamp::from_second(10).unwrap();
+        assert_eq!(expired(&[done.clone()], 0, now), (vec!["done".to_string()], None));
+        assert_eq!(expired(&[done], 60, now), (vec![], Some(Duration::from_secs(60))));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use shared_types::planner::plan;
+use shared_types::workflow::RunLimits;
 use shared_types::{EventKind, Workflow, Workplan};
 use support::{Director, eventually, start_director, workplans};
 
@@ -156,12 +157,22 @@ async fn configmap_trigger_fires_once_per_change_of_a_matching_configmap() {
 /// A namespace with the seed's ConfigMap `my-config`, a director, and the seed's Workflow with its
 /// baseline taken.
 async fn seed_with_config_map(test: &str) -> (TestNamespace, Api<ConfigMap>, Director) {
+    seed_with_config_map_and(test, |_| {}).await
+}
+
+/// [`seed_with_config_map`] with the seed's Workflow changed by `change` first.
+async fn seed_with_config_map_and(
+    test: &str,
+    change: impl FnOnce(&mut Workflow),
+) -> (TestNamespace, Api<ConfigMap>, Director) {
     let ns = TestEnv::get().namespace(test).await;
     let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     cms.create(&PostParams::default(), &config_map("my-config", &[], "0")).await.unwrap();
     let director = start_director(&ns.name, false);
+    let mut wf = seed(&ns.name);
+    change(&mut wf);
     Api::<Workflow>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &seed(&ns.name))
+        .create(&PostParams::default(), &wf)
         .await
         .unwrap();
     baselined(&ns, "my-workflow").await;
@@ -277,7 +288,12 @@ async fn listing_handled(director: &Director) {
 
 #[tokio::test]
 async fn rapid_updates_give_one_workplan_per_observed_version() {
-    let (ns, cms, director) = seed_with_config_map("director-rapid-updates").await;
+    // Caps above the burst: this is about deduplication, not the default caps (which would hold
+    // the runs beyond 10 unfinished, as nothing finishes them here).
+    let (ns, cms, director) = seed_with_config_map_and("director-rapid-updates", |wf| {
+        wf.spec.limits = Some(RunLimits { runs_per_minute: Some(1000), concurrent_runs: Some(1000) })
+    })
+    .await;
 
     let mut last = String::new();
     for i in 1..=100 {
@@ -414,10 +430,10 @@ async fn only_the_lease_holder_acts() {
     assert!(standby.metric("kubeci_director_reconcile_total").await > 0.0);
 }
 
-/// Plays the workplan-operator: marks a Workplan finished at `completed`.
+/// Plays the workplan-operator: marks a Workplan finished at `completed`, and releases its
+/// cleanup finalizer as the operator does once the final phase is written.
 async fn finish(api: &Api<Workplan>, name: &str, completed: &str) {
-    let patch = serde_json::json!({"status": {"phase": "Completed", "completionTime": completed}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    support::finish(api, name, completed).await
 }
 
 fn by_event(found: &[Workplan], event: EventKind) -> Vec<&Workplan> {
@@ -450,14 +466,13 @@ async fn own_runs_suspend_and_history_limit() {
         BTreeSet::from([1, 2])
     );
 
-    // History: with both finished and a limit of 1, the older one goes.
+    // History: with both finished and a limit of 1, the older one goes. (Recent completion
+    // times: the default TTL of 7 days would delete both otherwise.)
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
     for wp in &found {
-        let completed = if wp.spec.trigger.generation == Some(1) {
-            "2026-01-01T00:00:00Z"
-        } else {
-            "2026-01-01T00:01:00Z"
-        };
-        finish(&wp_api, wp.metadata.name.as_deref().unwrap(), completed).await;
+        let completed = if wp.spec.trigger.generation == Some(1) { now - 60 } else { now };
+        let completed = k8s_openapi::jiff::Timestamp::from_second(completed).unwrap().to_string();
+        finish(&wp_api, wp.metadata.name.as_deref().unwrap(), &completed).await;
     }
     eventually("the older finished Workplan to be deleted", TIMEOUT, || async {
         let left = workplans(&wp_api).await;

@@ -136,6 +136,9 @@ pub struct Fire {
     pub event: EventKind,
     pub uid: String,
     pub object: RecordedObject,
+    /// What the record held for `uid` before this event: what is saved for it until the run's
+    /// Workplan exists, so that a restart in between decides this event again.
+    pub previous: Option<RecordedObject>,
 }
 
 /// The result of one decision: what fires and what changed in the record.
@@ -206,7 +209,13 @@ pub fn on_listed(
             let fires =
                 baselined.iter().any(|r| r.on_delete && r.name.as_ref().is_none_or(|n| *n == recorded.name));
             if fires {
-                outcome.fires.push(Fire { event: EventKind::Deleted, uid: uid.clone(), object: recorded });
+                let previous = Some(recorded.clone());
+                outcome.fires.push(Fire {
+                    event: EventKind::Deleted,
+                    uid: uid.clone(),
+                    object: recorded,
+                    previous,
+                });
             }
             outcome.removed.push(uid);
         }
@@ -257,7 +266,13 @@ pub fn on_deleted(
             && r.name.as_ref().is_none_or(|n| *n == recorded.name)
     });
     if fires {
-        outcome.fires.push(Fire { event: EventKind::Deleted, uid: object.uid.clone(), object: recorded });
+        let previous = Some(recorded.clone());
+        outcome.fires.push(Fire {
+            event: EventKind::Deleted,
+            uid: object.uid.clone(),
+            object: recorded,
+            previous,
+        });
     }
     outcome.removed.push(object.uid.clone());
     outcome
@@ -279,7 +294,8 @@ fn applied(
         return;
     }
     let recorded = object.record(key);
-    let event = match record.objects.get(&object.uid) {
+    let previous = record.objects.get(&object.uid).cloned();
+    let event = match &previous {
         Some(previous)
             if previous.generation == recorded.generation
                 && previous.resource_version == recorded.resource_version =>
@@ -293,7 +309,7 @@ fn applied(
     record.objects.insert(object.uid.clone(), recorded.clone());
     outcome.recorded.push(object.uid.clone());
     if matching.iter().any(|r| r.on_add_or_update) {
-        outcome.fires.push(Fire { event, uid: object.uid.clone(), object: recorded });
+        outcome.fires.push(Fire { event, uid: object.uid.clone(), object: recorded, previous });
     }
 }
 
@@ -390,6 +406,8 @@ mod tests {
         let update = cm("u1", "my-config", "12", &[]);
         let first = on_applied(&rules, &key(), &mut record, &update);
         assert_eq!(fired(&first), vec![(EventKind::Updated, "my-config".into(), "12".into())]);
+        let previous = first.fires[0].previous.as_ref().and_then(|p| p.resource_version.as_deref());
+        assert_eq!(previous, Some("10"), "what is saved until the run exists");
         let replay = on_applied(&rules, &key(), &mut record, &update);
         assert_eq!((fired(&replay), replay.deduplicated, replay.changed()), (vec![], 1, false));
     }
@@ -448,6 +466,11 @@ mod tests {
         let final_state = cm("u1", "cfg", "8", &[]);
         let outcome = on_deleted(&rules, &key(), &mut record, &final_state);
         assert_eq!(fired(&outcome), vec![(EventKind::Deleted, "cfg".into(), "7".into())]);
+        assert_eq!(
+            outcome.fires[0].previous.as_ref(),
+            Some(&outcome.fires[0].object),
+            "kept until the run exists"
+        );
         assert_eq!(fired(&on_deleted(&rules, &key(), &mut record, &final_state)), vec![]);
     }
 

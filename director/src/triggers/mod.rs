@@ -1,26 +1,35 @@
 //! Trigger watches (DESIGN.md §6): one metadata-only watch per distinct (kind, namespace) across
 //! all Workflows, and one engine task that matches what the watches report to the Workflows'
-//! triggers with the pure rules of [`decide`], creates the Workplans and keeps each Workflow's
-//! trigger record in its status.
+//! triggers with the pure rules of [`decide`], keeps each Workflow's trigger record, and keeps its
+//! runs that wait for their Workplan ([`pending`]).
 //!
-//! Everything runs through the engine task one message at a time, so the trigger records never
-//! race. A fire creates its Workplan (deterministic name: a replay gets AlreadyExists) before the
-//! record is saved, so a crash in between fires again into the same name instead of losing the
-//! event. That also lets saves wait: while more messages are queued, the Workflows whose record
-//! changed are only marked, and each is saved with one server-side apply once the queue is empty,
-//! so a burst of trigger events costs one write per Workflow instead of one per event, and the
-//! next event's Workplan is not held up behind the previous event's save.
+//! Everything that decides runs through the engine task one message at a time, so the trigger
+//! records never race. A fired event joins its Workflow's queue of pending runs; the engine never
+//! waits on a create: each Workflow with pending runs has at most one task of its own working on
+//! the oldest one (a create, after the back-off of the failures before it, or a timer while a cap
+//! holds it), which reports back. A run leaves the queue only once its Workplan exists (created,
+//! or AlreadyExists: the deterministic name makes a replay find it). Until then the record saved
+//! for the event's object is what it was before the event ([`pending::committed`]), so a director
+//! that dies with runs pending decides them again from the saved record against the objects as
+//! they are after the restart: one run for each object's latest version (the versions in
+//! between are not observable), none for versions whose Workplan was created.
+//!
+//! Saves wait: while more messages are queued, the Workflows whose record (or pending runs)
+//! changed are only marked, and each is saved with one server-side apply once the queues are
+//! empty, so a burst of trigger events costs one write per Workflow instead of one per event.
 //!
 //! The engine learns that a Workflow is gone from the director's one Workflow watch only
 //! ([`crate::stream`]): its Delete event, or its absence from a re-list.
 
 pub mod decide;
+pub mod pending;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::discovery::Scope;
@@ -29,24 +38,34 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
 use plumbing::kit::{Backoff, Events, Kinds};
-use shared_types::{EventKind, TriggerEvent, Workflow, Workplan};
+use shared_types::workflow::PendingRuns;
+use shared_types::{TriggerEvent, Workflow, Workplan};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::workflow::Run;
+use crate::workplans::{self, Guarded, Synced};
 use decide::{Outcome, Rule, TriggerRecord, WatchKey, WatchedObject};
+use pending::{Caps, Gate, Handled, Pending, Reason, Source};
 
 /// The field manager of the engine's server-side apply of the trigger record
-/// (`lastObservedResourceGeneration`, `baselinedTriggers`).
+/// (`lastObservedResourceGeneration`, `baselinedTriggers`) and of `pendingRuns`.
 pub const FIELD_MANAGER: &str = "kubeci-director-triggers";
+
+/// How long a created Workplan not yet in the Workplan cache still counts as unfinished for
+/// `concurrentRuns` (it shows up within a watch event's delay; this bounds one deleted before).
+const UNSEEN_FOR: Duration = Duration::from_secs(30);
 
 /// What the engine is told: by the Workflow controller (`Register`, `Unregister`) and by the
 /// Workflow watch (`Deleted`, `Listed`).
 #[derive(Debug)]
 pub enum Command {
-    /// Serve this (valid) Workflow's triggers; sent on every reconcile.
-    Register { workflow: Arc<Workflow>, rules: Vec<Rule> },
+    /// Serve this (valid) Workflow's triggers, and start `own`: the Workflow's own runs whose
+    /// Workplan the controller did not find (it sends them again until it finds them). Sent on
+    /// every reconcile: also what wakes runs held by `concurrentRuns` once a Workplan finishes.
+    Register { workflow: Arc<Workflow>, rules: Vec<Rule>, own: Vec<Run> },
     /// Stop serving it: the controller found it invalid (not a deletion).
     Unregister(ObjectRef<Workflow>),
     /// The Workflow watch's Delete event: stop serving it if it is still the same object (a
@@ -71,33 +90,95 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Trigger kinds resolved by discovery.
     pub kinds: Arc<Kinds>,
+    /// The caps of Workflows that set no `spec.limits`.
+    pub caps: Caps,
+    /// Where the trigger records are kept.
+    pub records: Records,
 }
 
 impl Engine {
     /// Starts the engine; it stops when every handle is dropped or `shutdown` fires.
-    /// `workflows` is the Workflow watch's cache (see [`Command::Register`] in `command`).
+    /// `workflows` is the Workflow watch's cache (see [`Command::Register`] in `command`),
+    /// `workplans` the Workplan watch's (for the caps; nothing starts before it has synced).
     pub fn start(
         shared: Shared,
         workflows: Store<Workflow>,
+        workplans: Store<Guarded>,
+        synced: Synced,
         shutdown: plumbing::Shutdown,
     ) -> (Engine, JoinHandle<()>) {
         let (commands, receiver) = mpsc::unbounded_channel();
         let (watch_tx, watch_events) = mpsc::unbounded_channel();
+        let (progress, progress_rx) = mpsc::unbounded_channel();
+        let synced = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                synced.wait().await;
+                let _ = progress.send(Progress::WorkplansSynced);
+            })
+        };
         let state = EngineState {
             shared,
             workflows: HashMap::new(),
             watches: HashMap::new(),
             watch_tx,
+            progress,
             cache: workflows,
+            workplans,
+            workplans_synced: false,
+            epochs: 0,
             unsaved: HashSet::new(),
         };
-        let task = tokio::spawn(state.run(receiver, watch_events, shutdown));
+        let task = tokio::spawn(async move {
+            state.run(receiver, watch_events, progress_rx, shutdown).await;
+            synced.abort();
+        });
         (Engine { commands }, task)
     }
 
     /// Sends a command; a stopped engine (shutdown) ignores it.
     pub fn send(&self, command: Command) {
         let _ = self.commands.send(command);
+    }
+}
+
+/// Where each Workflow's trigger record is kept. The engine loads a Workflow's record once, when
+/// it first serves it, and saves it after changes; nothing else reads or writes it. Today it is
+/// the Workflow's status (`lastObservedResourceGeneration`, `baselinedTriggers`), applied with the
+/// manager [`FIELD_MANAGER`] together with `pendingRuns`, which stays in the status wherever the
+/// record goes.
+#[derive(Clone)]
+pub struct Records {
+    client: Client,
+}
+
+impl Records {
+    pub fn new(client: Client) -> Records {
+        Records { client }
+    }
+
+    /// The record of `workflow` as last saved.
+    pub fn load(&self, workflow: &Workflow) -> TriggerRecord {
+        TriggerRecord::from_status(workflow.status.as_ref())
+    }
+
+    /// Saves the record of `workflow`, and what its status shows of its pending runs.
+    pub async fn save(
+        &self,
+        workflow: &Workflow,
+        record: &TriggerRecord,
+        pending: Option<&PendingRuns>,
+    ) -> kube::Result<()> {
+        let api: Api<Workflow> =
+            Api::namespaced(self.client.clone(), &workflow.namespace().unwrap_or_default());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch_status(
+            &workflow.name_any(),
+            &params,
+            &Patch::Apply(record_apply(workflow, record, pending)),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -109,10 +190,85 @@ enum WatchEvent {
     Deleted(WatchKey, WatchedObject),
 }
 
+/// What a Workflow's own task reports, and that the Workplan cache has synced.
+enum Progress {
+    /// A create of the oldest pending run of `workflow` (served as `epoch`) ended.
+    Attempted {
+        workflow: ObjectRef<Workflow>,
+        epoch: u64,
+        name: String,
+        result: kube::Result<Created>,
+    },
+    /// A cap's wait is over.
+    Wake {
+        workflow: ObjectRef<Workflow>,
+        epoch: u64,
+    },
+    WorkplansSynced,
+}
+
+/// How a Workplan came to exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// AlreadyExists: the event was handled before (a replay).
+    Existing,
+}
+
 struct Served {
     workflow: Arc<Workflow>,
     rules: Vec<Rule>,
+    /// Every decided event, pending runs included ([`pending::committed`] is what is saved).
     record: TriggerRecord,
+    /// Tells this serving apart from an earlier one of the same name: a late report of a task
+    /// of a forgotten Workflow is ignored.
+    epoch: u64,
+    /// Runs waiting for their Workplan, oldest first.
+    queue: VecDeque<Pending>,
+    /// The one task working on the queue's oldest run (a create, or a cap's timer).
+    task: Option<JoinHandle<()>>,
+    /// Why the oldest run waits, once something holds it.
+    waiting: Option<(Reason, String)>,
+    /// In a streak of failed creates (one Warning Event per streak).
+    failing: bool,
+    backoff: Backoff,
+    /// When the runs of the last minute started (for `runsPerMinute`).
+    starts: VecDeque<Instant>,
+    /// Workplans created but not yet seen in the Workplan cache (for `concurrentRuns`).
+    unseen: Vec<(String, Instant)>,
+    /// The saved record is behind: something besides pending runs changed.
+    dirty: bool,
+    /// The `pendingRuns` last saved.
+    saved_pending: Option<PendingRuns>,
+}
+
+impl Served {
+    fn new(workflow: Arc<Workflow>, rules: Vec<Rule>, record: TriggerRecord, epoch: u64) -> Served {
+        let saved_pending = workflow.status.as_ref().and_then(|s| s.pending_runs.clone());
+        Served {
+            workflow,
+            rules,
+            record,
+            epoch,
+            queue: VecDeque::new(),
+            task: None,
+            waiting: None,
+            failing: false,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+            starts: VecDeque::new(),
+            unseen: Vec::new(),
+            dirty: false,
+            saved_pending,
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 struct WatchState {
@@ -126,9 +282,15 @@ struct EngineState {
     workflows: HashMap<ObjectRef<Workflow>, Served>,
     watches: HashMap<WatchKey, WatchState>,
     watch_tx: mpsc::UnboundedSender<WatchEvent>,
+    progress: mpsc::UnboundedSender<Progress>,
     /// The Workflow watch's cache.
     cache: Store<Workflow>,
-    /// Workflows whose trigger record changed since it was last saved (see the module docs).
+    /// The Workplan watch's cache.
+    workplans: Store<Guarded>,
+    workplans_synced: bool,
+    epochs: u64,
+    /// Workflows whose trigger record or pending runs changed since they were last saved (see
+    /// the module docs).
     unsaved: HashSet<ObjectRef<Workflow>>,
 }
 
@@ -137,18 +299,20 @@ impl EngineState {
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut watch_events: mpsc::UnboundedReceiver<WatchEvent>,
+        mut progress: mpsc::UnboundedReceiver<Progress>,
         shutdown: plumbing::Shutdown,
     ) {
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => self.command(command).await,
+                    Some(command) => self.command(command),
                     None => break,
                 },
-                Some(event) = watch_events.recv() => self.event(event).await,
+                Some(event) = watch_events.recv() => self.event(event),
+                Some(report) = progress.recv() => self.progress(report),
                 _ = shutdown.requested() => break,
             }
-            if commands.is_empty() && watch_events.is_empty() {
+            if commands.is_empty() && watch_events.is_empty() && progress.is_empty() {
                 self.save_unsaved().await;
             }
         }
@@ -156,11 +320,12 @@ impl EngineState {
         for (_, watch) in self.watches.drain() {
             watch.task.abort();
         }
+        self.workflows.clear(); // aborts their tasks
     }
 
-    async fn command(&mut self, command: Command) {
+    fn command(&mut self, command: Command) {
         match command {
-            Command::Register { workflow, rules } => self.register(workflow, rules).await,
+            Command::Register { workflow, rules, own } => self.register(workflow, rules, own),
             Command::Unregister(key) => {
                 self.forget(&key);
             }
@@ -188,12 +353,16 @@ impl EngineState {
         self.stop_unused_watches();
     }
 
+    /// Stops serving a Workflow: its pending runs go with it (a deleted Workflow's Workplans
+    /// would be garbage-collected anyway; an invalid one's are decided again from its saved
+    /// record once it is valid).
     fn forget(&mut self, workflow: &ObjectRef<Workflow>) {
         self.workflows.remove(workflow);
         self.unsaved.remove(workflow);
+        self.count_pending();
     }
 
-    async fn register(&mut self, workflow: Arc<Workflow>, rules: Vec<Rule>) {
+    fn register(&mut self, workflow: Arc<Workflow>, rules: Vec<Rule>, own: Vec<Run>) {
         let key = ObjectRef::from_obj(workflow.as_ref());
         // The controller reconciles a copy from the Workflow watch's cache; by the time it
         // arrives here the watch may have reported the Workflow deleted (this queue then holds
@@ -214,41 +383,69 @@ impl EngineState {
                 same
             }
             _ => {
-                // First sight (or a restart): the status holds the trigger record. Later the
-                // engine's record is newer than any status the controller caches.
-                let record = TriggerRecord::from_status(workflow.status.as_ref());
-                self.unsaved.remove(&key);
+                // First sight (or a restart): the saved record. Later the engine's record is
+                // newer than any the controller's cache holds.
+                let record = self.shared.records.load(&workflow);
+                self.epochs += 1;
                 self.workflows
-                    .insert(key.clone(), Served { workflow: workflow.clone(), rules: rules.clone(), record });
+                    .insert(key.clone(), Served::new(workflow.clone(), rules.clone(), record, self.epochs));
+                // A restart clears what an earlier director left in pendingRuns.
+                self.unsaved.insert(key.clone());
                 false
             }
         };
-        if same_triggers {
-            return;
-        }
-        let served = self.workflows.get_mut(&key).expect("registered above");
-        let outcome = decide::retain(&served.rules, &mut served.record);
-        self.act(&key, outcome).await;
-        let keys: BTreeSet<WatchKey> = rules.iter().map(|r| r.key.clone()).collect();
-        for watch_key in keys {
-            self.ensure_watch(&watch_key);
-            if let Some(objects) = self.watches[&watch_key].objects.as_ref() {
-                let listed: Vec<WatchedObject> = objects.values().cloned().collect();
-                let served = self.workflows.get_mut(&key).expect("registered above");
-                let outcome = decide::on_listed(&served.rules, &watch_key, &mut served.record, &listed);
-                self.act(&key, outcome).await;
+        self.own_runs(&key, own);
+        if !same_triggers {
+            let served = self.workflows.get_mut(&key).expect("registered above");
+            let outcome = decide::retain(&served.rules, &mut served.record);
+            self.act(&key, outcome, None);
+            let keys: BTreeSet<WatchKey> = rules.iter().map(|r| r.key.clone()).collect();
+            for watch_key in keys {
+                self.ensure_watch(&watch_key);
+                if let Some(objects) = self.watches[&watch_key].objects.as_ref() {
+                    let listed: Vec<WatchedObject> = objects.values().cloned().collect();
+                    let served = self.workflows.get_mut(&key).expect("registered above");
+                    let outcome = decide::on_listed(&served.rules, &watch_key, &mut served.record, &listed);
+                    self.act(&key, outcome, None);
+                }
             }
         }
+        self.dispatch(&key);
     }
 
-    async fn event(&mut self, event: WatchEvent) {
-        self.handle(event).await;
-        // Counted once handled (its Workplans created): a test that sees the count advance knows
-        // what the event started exists.
-        self.shared.metrics.trigger_events.inc();
+    /// The Workflow's own runs are what the controller last asked for: one it no longer asks
+    /// for (a newer generation superseded it, or its Workplan was found) leaves the queue unless
+    /// its create is under way.
+    fn own_runs(&mut self, key: &ObjectRef<Workflow>, own: Vec<Run>) {
+        let Some(served) = self.workflows.get_mut(key) else { return };
+        let wanted: HashSet<String> = own.iter().map(|run| run.workplan.name_any()).collect();
+        let busy = served.task.as_ref().and_then(|_| served.queue.front().map(Pending::name));
+        served
+            .queue
+            .retain(|p| p.source != Source::Own || wanted.contains(&p.name()) || busy == Some(p.name()));
+        let queued: HashSet<String> = served.queue.iter().map(Pending::name).collect();
+        for run in own {
+            if !queued.contains(&run.workplan.name_any()) {
+                served.queue.push_back(Pending {
+                    workplan: run.workplan,
+                    event: run.event,
+                    since: Timestamp::now(),
+                    source: Source::Own,
+                    handled: None,
+                });
+            }
+        }
+        self.count_pending();
     }
 
-    async fn handle(&mut self, event: WatchEvent) {
+    fn event(&mut self, event: WatchEvent) {
+        // Counted once handled and its Workplans exist: a test that sees the count advance knows
+        // that what the event started exists. Each pending run it started holds a clone.
+        let handled = Arc::new(Handled(self.shared.metrics.trigger_events.clone()));
+        self.handle(event, &handled);
+    }
+
+    fn handle(&mut self, event: WatchEvent, handled: &Arc<Handled>) {
         let key = match &event {
             WatchEvent::Listed(key, _) | WatchEvent::Applied(key, _) | WatchEvent::Deleted(key, _) => {
                 key.clone()
@@ -280,17 +477,19 @@ impl EngineState {
                 WatchEvent::Applied(_, object) => decide::on_applied(rules, &key, record, object),
                 WatchEvent::Deleted(_, object) => decide::on_deleted(rules, &key, record, object),
             };
-            self.act(&workflow, outcome).await;
+            self.act(&workflow, outcome, Some(handled));
         }
     }
 
-    /// Carries out a decision: create the Workplans, then mark the record for saving.
-    async fn act(&mut self, key: &ObjectRef<Workflow>, outcome: Outcome) {
+    /// Carries out a decision: each fire joins the Workflow's pending runs; the rest of the
+    /// record's changes are marked for saving.
+    fn act(&mut self, key: &ObjectRef<Workflow>, outcome: Outcome, handled: Option<&Arc<Handled>>) {
         let metrics = &self.shared.metrics;
         metrics.trigger_deduplicated.inc_by(outcome.deduplicated);
-        let Some(served) = self.workflows.get(key) else { return };
+        let Some(served) = self.workflows.get_mut(key) else { return };
         let workflow = served.workflow.clone();
-        for fire in &outcome.fires {
+        let mut queued = HashSet::new();
+        for fire in outcome.fires.iter().cloned() {
             metrics.trigger_fired.inc();
             if workflow.spec.suspend {
                 metrics.trigger_suspended.inc();
@@ -309,7 +508,14 @@ impl EngineState {
             };
             match shared_types::planner::plan(&workflow, trigger) {
                 Ok(workplan) => {
-                    create_workplan(&self.shared, &workflow, &workplan, fire.event).await;
+                    queued.insert(fire.uid.clone());
+                    served.queue.push_back(Pending {
+                        workplan,
+                        event: fire.event,
+                        since: Timestamp::now(),
+                        source: Source::Trigger { uid: fire.uid, previous: fire.previous },
+                        handled: handled.cloned(),
+                    });
                 }
                 // The controller validated it; a Workflow changed since then is re-validated there.
                 Err(invalid) => {
@@ -317,17 +523,198 @@ impl EngineState {
                 }
             }
         }
-        if outcome.changed() {
+        // A fired object's record advances only with its run; anything else changes it now.
+        if outcome.baselined
+            || !outcome.removed.is_empty()
+            || outcome.recorded.iter().any(|u| !queued.contains(u))
+        {
+            served.dirty = true;
+            self.unsaved.insert(key.clone());
+        }
+        self.count_pending();
+        self.dispatch(key);
+    }
+
+    /// Starts the Workflow's task on its oldest pending run, unless one is at work already, the
+    /// Workplan cache has not synced (the caps count from it), or a cap holds the run.
+    fn dispatch(&mut self, key: &ObjectRef<Workflow>) {
+        let Some(served) = self.workflows.get_mut(key) else { return };
+        if served.task.is_some() || !self.workplans_synced {
+            return;
+        }
+        if served.queue.is_empty() {
+            served.waiting = None;
+            return;
+        }
+        if served.workflow.spec.suspend {
+            // Suspended: nothing new starts; what was pending is dropped like every fire while
+            // suspended, and the record advances past it.
+            for run in served.queue.drain(..) {
+                if matches!(run.source, Source::Trigger { .. }) {
+                    self.shared.metrics.trigger_suspended.inc();
+                    served.dirty = true;
+                }
+            }
+            served.waiting = None;
+            self.unsaved.insert(key.clone());
+            self.count_pending();
+            return;
+        }
+        let caps = Caps::of(&served.workflow, self.shared.caps);
+        let cached = workplans::of_workflow(&self.workplans, &served.workflow);
+        let seen: HashSet<String> = cached.iter().map(|wp| wp.name_any()).collect();
+        served.unseen.retain(|(name, at)| !seen.contains(name) && at.elapsed() < UNSEEN_FOR);
+        let unfinished = cached.iter().filter(|wp| workplans::unfinished(wp)).count() + served.unseen.len();
+        let now = Instant::now();
+        served.starts.retain(|at| now.duration_since(*at) < pending::RATE_WINDOW);
+        let (epoch, workflow) = (served.epoch, key.clone());
+        let progress = self.progress.clone();
+        let held = match pending::gate(caps, unfinished, &served.starts, now) {
+            Gate::Concurrency => Some((
+                Reason::ConcurrencyLimited,
+                format!(
+                    "{unfinished} Workplans unfinished, at most {} at once (spec.limits.concurrentRuns)",
+                    caps.concurrent_runs
+                ),
+            )),
+            Gate::Rate(after) => {
+                served.task = Some(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = progress.send(Progress::Wake { workflow, epoch });
+                }));
+                Some((
+                    Reason::RateLimited,
+                    format!(
+                        "{} runs started in the last minute, at most {} (spec.limits.runsPerMinute)",
+                        served.starts.len(),
+                        caps.runs_per_minute
+                    ),
+                ))
+            }
+            Gate::Open => {
+                let delay = if served.failing { served.backoff.next_delay() } else { Duration::ZERO };
+                let head = served.queue.front().expect("not empty");
+                let (workplan, name) = (head.workplan.clone(), head.name());
+                let client = self.shared.client.clone();
+                served.task = Some(tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let result = create(&client, &workplan).await;
+                    let _ = progress.send(Progress::Attempted { workflow, epoch, name, result });
+                }));
+                None
+            }
+        };
+        if let Some(held) = held {
+            // A cap replaces a create failure as the reason: the create is not being tried.
+            served.waiting = Some(held);
             self.unsaved.insert(key.clone());
         }
     }
 
-    /// Saves the trigger records changed since the last save, one apply per Workflow.
+    fn progress(&mut self, report: Progress) {
+        match report {
+            Progress::WorkplansSynced => {
+                self.workplans_synced = true;
+                let keys: Vec<ObjectRef<Workflow>> = self.workflows.keys().cloned().collect();
+                for key in keys {
+                    self.dispatch(&key);
+                }
+            }
+            Progress::Wake { workflow, epoch } => {
+                let Some(served) = self.workflows.get_mut(&workflow).filter(|s| s.epoch == epoch) else {
+                    return;
+                };
+                served.task = None;
+                self.dispatch(&workflow);
+            }
+            Progress::Attempted { workflow, epoch, name, result } => {
+                let Some(served) = self.workflows.get_mut(&workflow).filter(|s| s.epoch == epoch) else {
+                    return;
+                };
+                served.task = None;
+                match result {
+                    Ok(created) => self.created(&workflow, &name, created),
+                    Err(source) => self.failed(&workflow, &name, source),
+                }
+                self.unsaved.insert(workflow.clone());
+                self.count_pending();
+                self.dispatch(&workflow);
+            }
+        }
+    }
+
+    /// The oldest pending run's Workplan exists: it leaves the queue, and its object's record
+    /// advances.
+    fn created(&mut self, key: &ObjectRef<Workflow>, name: &str, created: Created) {
+        let Some(served) = self.workflows.get_mut(key) else { return };
+        let Some(index) = served.queue.iter().position(|p| p.name() == name) else { return };
+        let run = served.queue.remove(index).expect("found above");
+        let metrics = &self.shared.metrics;
+        match created {
+            Created::New => {
+                metrics.workplans_created.inc();
+                served.starts.push_back(Instant::now());
+                served.unseen.push((name.to_string(), Instant::now()));
+                tracing::info!(workflow = %key, workplan = %name, event = run.event.as_str(), "created Workplan");
+                // The Event is for people: publish it beside the next run's work.
+                let note = format!("Created Workplan {name} ({})", run.event.as_str());
+                let (events, workflow) = (self.shared.events.clone(), served.workflow.clone());
+                tokio::spawn(async move { events.normal(workflow.as_ref(), "WorkplanCreated", &note).await });
+            }
+            Created::Existing => metrics.workplans_existing.inc(),
+        }
+        if matches!(run.source, Source::Trigger { .. }) {
+            served.dirty = true;
+        }
+        served.failing = false;
+        served.waiting = None;
+        served.backoff.reset();
+    }
+
+    /// The create of the oldest pending run failed: it stays, and is tried again after the
+    /// back-off; the first failure of a streak is told with a Warning Event.
+    fn failed(&mut self, key: &ObjectRef<Workflow>, name: &str, source: kube::Error) {
+        let Some(served) = self.workflows.get_mut(key) else { return };
+        let reason = match &source {
+            kube::Error::Api(status) => status.message.clone(),
+            other => other.to_string(),
+        };
+        let error = Error::CreateWorkplan { workplan: name.to_string(), source };
+        tracing::warn!(%error, pending = served.queue.len(), "creating a Workplan failed; retrying with back-off");
+        self.shared.metrics.error(&error);
+        served.waiting = Some((Reason::CreateFailed, reason.clone()));
+        if !served.failing {
+            served.failing = true;
+            let event = served.queue.front().map_or("", |run| run.event.as_str());
+            let note = format!(
+                "Could not create Workplan {name} for a {event} event: {reason}. Retrying with back-off until it exists; {} runs pending",
+                served.queue.len()
+            );
+            let (events, workflow) = (self.shared.events.clone(), served.workflow.clone());
+            tokio::spawn(async move { events.warning(workflow.as_ref(), "WorkplanFailed", &note).await });
+        }
+    }
+
+    fn count_pending(&self) {
+        let count: usize = self.workflows.values().map(|s| s.queue.len()).sum();
+        self.shared.metrics.workplans_pending.set(count as i64);
+    }
+
+    /// Saves what changed since the last save, one apply per Workflow: the record as far as
+    /// its runs exist, and `pendingRuns`.
     async fn save_unsaved(&mut self) {
         for key in std::mem::take(&mut self.unsaved) {
-            let Some(served) = self.workflows.get(&key) else { continue };
-            match save_record(&self.shared.client, &served.workflow, &served.record).await {
-                Ok(()) => {}
+            let Some(served) = self.workflows.get_mut(&key) else { continue };
+            let summary = pending::summary(served.queue.iter(), served.waiting.as_ref());
+            if !served.dirty && summary == served.saved_pending {
+                continue;
+            }
+            let record = pending::committed(&served.record, &served.queue);
+            match self.shared.records.save(&served.workflow, &record, summary.as_ref()).await {
+                Ok(()) => {
+                    served.dirty = false;
+                    served.saved_pending = summary;
+                }
                 // Deleted: the Workflow watch's Delete event is on its way.
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     tracing::debug!(workflow = %key, "Workflow gone before its trigger record was saved");
@@ -365,69 +752,41 @@ impl EngineState {
     }
 }
 
-/// Creates one Workplan (field manager `kubeci-director`). AlreadyExists is success: the event
-/// was handled before (a replay). Other failures are retried a few times, then reported as an
-/// Event on the Workflow. Returns the Workplan's name when it exists.
-pub async fn create_workplan(
-    shared: &Shared,
-    workflow: &Workflow,
-    workplan: &Workplan,
-    event: EventKind,
-) -> Option<String> {
-    let name = workplan.name_any();
-    let api: Api<Workplan> =
-        Api::namespaced(shared.client.clone(), &workflow.namespace().unwrap_or_default());
+/// One create of a Workplan (field manager `kubeci-director`); AlreadyExists is success.
+pub async fn create(client: &Client, workplan: &Workplan) -> kube::Result<Created> {
+    let api: Api<Workplan> = Api::namespaced(client.clone(), &workplan.namespace().unwrap_or_default());
     let params = PostParams { field_manager: Some(crate::FIELD_MANAGER.into()), ..PostParams::default() };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    for attempt in 1..=5 {
-        match api.create(&params, workplan).await {
-            Ok(_) => {
-                shared.metrics.workplans_created.inc();
-                tracing::info!(workflow = %workflow.name_any(), workplan = %name, event = event.as_str(), "created Workplan");
-                // The Event is for people: publish it beside the next event's work instead of
-                // holding the engine's one-at-a-time loop for another round trip.
-                let note = format!("Created Workplan {name} ({})", event.as_str());
-                let (events, workflow) = (shared.events.clone(), workflow.clone());
-                tokio::spawn(async move { events.normal(&workflow, "WorkplanCreated", &note).await });
-                return Some(name);
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                shared.metrics.workplans_existing.inc();
-                return Some(name);
-            }
-            Err(source) => {
-                let error = Error::CreateWorkplan { workplan: name.clone(), source };
-                tracing::warn!(attempt, %error, "creating Workplan failed");
-                shared.metrics.error(&error);
-                backoff.wait().await;
-            }
-        }
+    match api.create(&params, workplan).await {
+        Ok(_) => Ok(Created::New),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Created::Existing),
+        Err(e) => Err(e),
     }
-    let note = format!("Could not create Workplan {name} for a {} event", event.as_str());
-    shared.events.warning(workflow, "WorkplanFailed", &note).await;
-    None
 }
 
-/// The server-side apply of a Workflow's whole trigger record: the fields the engine's manager
-/// owns. Whole, because an apply removes the fields its manager owned before and leaves out.
-pub fn record_apply(workflow: &Workflow, record: &TriggerRecord) -> serde_json::Value {
+/// The server-side apply of a Workflow's whole trigger record and `pendingRuns`: the fields the
+/// engine's manager owns. Whole, because an apply removes the fields its manager owned before
+/// and leaves out (so `pendingRuns` goes once nothing is pending).
+pub fn record_apply(
+    workflow: &Workflow,
+    record: &TriggerRecord,
+    pending: Option<&PendingRuns>,
+) -> serde_json::Value {
+    let mut status = serde_json::json!({ "baselinedTriggers": record.baselined });
+    // An empty map is left out, which releases (and so removes) every uid the manager owned:
+    // applied as `{}`, the API server stores the emptied granular map as null, which its own
+    // schema then refuses (422) on this and every later apply.
+    if !record.objects.is_empty() {
+        status["lastObservedResourceGeneration"] = serde_json::to_value(&record.objects).expect("serializes");
+    }
+    if let Some(pending) = pending {
+        status["pendingRuns"] = serde_json::to_value(pending).expect("serializes");
+    }
     serde_json::json!({
         "apiVersion": Workflow::api_version(&()),
         "kind": Workflow::kind(&()),
         "metadata": { "name": workflow.name_any() },
-        "status": {
-            "lastObservedResourceGeneration": record.objects,
-            "baselinedTriggers": record.baselined,
-        },
+        "status": status,
     })
-}
-
-async fn save_record(client: &Client, workflow: &Workflow, record: &TriggerRecord) -> kube::Result<()> {
-    let api: Api<Workflow> = Api::namespaced(client.clone(), &workflow.namespace().unwrap_or_default());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&workflow.name_any(), &params, &Patch::Apply(record_apply(workflow, record)))
-        .await
-        .map(|_| ())
 }
 
 /// One trigger watch: resolves the kind by discovery (retrying with back-off: a CRD may be
@@ -522,7 +881,7 @@ mod tests {
                 resource_version: Some("7".into()),
             },
         );
-        let apply = record_apply(&workflow, &record);
+        let apply = record_apply(&workflow, &record, None);
         assert_eq!(
             apply,
             serde_json::json!({
@@ -538,10 +897,11 @@ mod tests {
             })
         );
         // An empty record is applied too: it releases (and so removes) what the manager owned.
-        let empty = record_apply(&workflow, &TriggerRecord::default());
-        assert_eq!(
-            empty["status"],
-            serde_json::json!({"lastObservedResourceGeneration": {}, "baselinedTriggers": []})
-        );
+        let empty = record_apply(&workflow, &TriggerRecord::default(), None);
+        assert_eq!(empty["status"], serde_json::json!({"baselinedTriggers": []}));
+        // Pending runs are shown beside the record.
+        let pending = PendingRuns { count: 2, reason: Some("CreateFailed".into()), ..PendingRuns::default() };
+        let apply = record_apply(&workflow, &TriggerRecord::default(), Some(&pending));
+        assert_eq!(apply["status"]["pendingRuns"], serde_json::json!({"count": 2, "reason": "CreateFailed"}));
     }
 }
