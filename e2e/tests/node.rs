@@ -11,8 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use e2e::{Component, LocalNode, TestNamespace, eventually, node_namespace, workspace_binary};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, ResourceQuotaSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pretty_assertions::assert_eq;
 use shared_types::planner;
@@ -154,6 +155,9 @@ async fn the_seed_workflow_runs_for_real_from_its_configmap_trigger() {
         async move { exists.then_some(()) }
     })
     .await;
+    // Another run's workspace beside it.
+    let other = workspace.parent().unwrap().join("my-workflow-other-run");
+    std::fs::create_dir(&other).unwrap();
 
     let status = finished(&ns, &name).await.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
@@ -180,7 +184,7 @@ async fn the_seed_workflow_runs_for_real_from_its_configmap_trigger() {
 
     // The cleanup pod removed the workspace from the host.
     assert!(!workspace.exists(), "{} is removed by the cleanup pod", workspace.display());
-    assert!(workspace.parent().unwrap().is_dir(), "only the Workplan's own directory is removed");
+    assert!(other.is_dir(), "only the Workplan's own directory is removed, not another run's");
 }
 
 #[tokio::test]
@@ -296,4 +300,138 @@ spec:
 
     let status = finished(&ns, &name).await.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+}
+
+/// A Workflow whose one step writes its output to the workspace, then runs for an hour.
+const LONG_STEP: &str = r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {name: long}
+spec:
+  steps:
+  - name: long
+    image: alpine
+    commands: [sh, -c, "echo output > /kubeci/output; sleep 3600"]
+"#;
+
+/// Waits until the run's step has written its output on the host.
+async fn output_written(root: &WorkspaceRoot, ns: &str, workplan: &str) -> PathBuf {
+    let workspace = root.workspace(ns, "long", workplan);
+    let output = workspace.join("output");
+    eventually(&format!("{} written; node logs in {}", output.display(), logs()), TIMEOUT, || {
+        let written = std::fs::read_to_string(&output).is_ok_and(|s| s == "output\n");
+        async move { written.then_some(()) }
+    })
+    .await;
+    workspace
+}
+
+/// Waits until the Workplan is gone from the API server (its cleanup was attempted).
+async fn gone(ns: &TestNamespace, name: &str) {
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    tokio::time::timeout(TIMEOUT, await_condition(api, name, |wp: Option<&Workplan>| wp.is_none()))
+        .await
+        .unwrap_or_else(|_| panic!("Workplan {name} still there after {TIMEOUT:?}; node logs in {}", logs()))
+        .unwrap();
+}
+
+/// Nothing of the run is left under the root: its workspace, and the namespace's and the
+/// Workflow's directories it emptied.
+fn nothing_left(root: &WorkspaceRoot, ns: &str, workspace: &std::path::Path) {
+    assert!(!workspace.exists(), "{} is removed from the host", workspace.display());
+    let workflow_dir = root.0.join(ns).join("long");
+    assert!(!workflow_dir.exists(), "the emptied {} too", workflow_dir.display());
+    assert!(!root.0.join(ns).exists(), "and the emptied namespace directory");
+    assert!(root.0.is_dir(), "the root stays");
+}
+
+#[tokio::test]
+async fn a_workplan_deleted_mid_run_leaves_nothing_on_the_node() {
+    let ns = node_namespace("node-deleted-mid-run").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    let name = run(&ns, &workflow(&ns.name, LONG_STEP)).await;
+    let workspace = output_written(&root, &ns.name, &name).await;
+
+    Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    gone(&ns, &name).await;
+    nothing_left(&root, &ns.name, &workspace);
+}
+
+#[tokio::test]
+async fn a_workflow_deleted_mid_run_leaves_nothing_on_the_node() {
+    let ns = node_namespace("node-workflow-deleted").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    // The Workplan as the director makes it: owned by the stored Workflow.
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    let stored = workflows.create(&PostParams::default(), &workflow(&ns.name, LONG_STEP)).await.unwrap();
+    let name = run(&ns, &stored).await;
+    let workspace = output_written(&root, &ns.name, &name).await;
+
+    // Garbage collection deletes the Workplan after the Workflow.
+    workflows.delete("long", &DeleteParams::default()).await.unwrap();
+    gone(&ns, &name).await;
+    nothing_left(&root, &ns.name, &workspace);
+}
+
+#[tokio::test]
+async fn the_cleanup_pod_fits_a_namespace_with_a_compute_quota_and_no_limit_range() {
+    let ns = node_namespace("node-quota").await;
+    let quota = ResourceQuota {
+        metadata: ObjectMeta { name: Some("compute".into()), ..ObjectMeta::default() },
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(
+                [
+                    ("requests.cpu", "1"),
+                    ("requests.memory", "1Gi"),
+                    ("limits.cpu", "2"),
+                    ("limits.memory", "2Gi"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.into())))
+                .collect(),
+            ),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    };
+    let quotas: Api<ResourceQuota> = Api::namespaced(ns.client.clone(), &ns.name);
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    // The quota admits pods only once its controller has counted the namespace.
+    eventually("the quota is counted", TIMEOUT, || async {
+        quotas.get("compute").await.ok()?.status?.used.map(|_| ())
+    })
+    .await;
+
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    // The user's step states its own requests and limits, as the quota requires.
+    let wf = workflow(
+        &ns.name,
+        r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {name: quota}
+spec:
+  steps:
+  - name: writes
+    image: alpine
+    commands: [sh, -c, "echo done > /kubeci/output"]
+    resources:
+      requests: {cpu: 10m, memory: 16Mi}
+      limits: {cpu: 100m, memory: 64Mi}
+"#,
+    );
+    let name = run(&ns, &wf).await;
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+    assert_eq!(status.reason.as_deref(), Some("all 1 tasks succeeded"), "the cleanup did not fail");
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let cleanup = pods.get(&format!("{name}-cleanup")).await.unwrap();
+    assert_eq!(cleanup.status.unwrap().phase.as_deref(), Some("Succeeded"), "admitted, and it ran");
+    assert!(!root.workspace(&ns.name, "quota", &name).exists());
 }
