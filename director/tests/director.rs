@@ -3,78 +3,19 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeSet;
 
-use e2e::{TestEnv, TestNamespace};
+use e2e::TestEnv;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use shared_types::planner::plan;
 use shared_types::workflow::RunLimits;
 use shared_types::{EventKind, Workflow, Workplan};
-use support::{Director, eventually, start_director, workplans};
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn workflow(ns: &str, name: &str, yaml_spec: &str) -> Workflow {
-    let mut wf: Workflow = serde_yaml::from_str(&format!(
-        "apiVersion: kube.ci/v1alpha1\nkind: Workflow\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{yaml_spec}"
-    ))
-    .unwrap();
-    wf.metadata.namespace = Some(ns.to_string());
-    wf
-}
-
-fn seed(ns: &str) -> Workflow {
-    let mut wf: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
-    wf.metadata.namespace = Some(ns.to_string());
-    wf.spec.triggers[0].namespace = Some(ns.to_string());
-    wf.status = None;
-    wf
-}
-
-fn config_map(name: &str, labels: &[(&str, &str)], value: &str) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([("value".to_string(), value.to_string())])),
-        ..ConfigMap::default()
-    }
-}
-
-async fn set_value(api: &Api<ConfigMap>, name: &str, value: &str) -> String {
-    let patch = serde_json::json!({"data": {"value": value}});
-    let cm = api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
-    cm.metadata.resource_version.unwrap()
-}
-
-/// Waits until the director has taken the trigger baseline of `name`.
-async fn baselined(ns: &TestNamespace, name: &str) {
-    let api: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
-    let cond = |wf: Option<&Workflow>| {
-        wf.and_then(|w| w.status.as_ref()).is_some_and(|s| !s.baselined_triggers.is_empty())
-    };
-    tokio::time::timeout(TIMEOUT, await_condition(api, name, cond))
-        .await
-        .expect("the baseline is taken")
-        .unwrap();
-}
-
-async fn workplans_of(ns: &TestNamespace, count: usize) -> Vec<Workplan> {
-    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
-    eventually(&format!("{count} Workplans"), TIMEOUT, || {
-        let api = api.clone();
-        async move {
-            let list = workplans(&api).await;
-            (list.len() >= count).then_some(list)
-        }
-    })
-    .await
-}
+use support::{
+    Director, TIMEOUT, baselined, config_map, eventually, finish, seed, seed_with_config_map,
+    seed_with_config_map_and, set_value, start_director, workflow, workplans, workplans_of,
+};
 
 fn task_names(wp: &Workplan) -> Vec<(Vec<String>, Vec<String>)> {
     wp.spec
@@ -152,31 +93,6 @@ async fn configmap_trigger_fires_once_per_change_of_a_matching_configmap() {
     .await;
     set_value(&cms, "my-config", "3").await;
     assert_eq!(director.metric("kubeci_director_trigger_fired_total").await, 2.0);
-}
-
-/// A namespace with the seed's ConfigMap `my-config`, a director, and the seed's Workflow with its
-/// baseline taken.
-async fn seed_with_config_map(test: &str) -> (TestNamespace, Api<ConfigMap>, Director) {
-    seed_with_config_map_and(test, |_| {}).await
-}
-
-/// [`seed_with_config_map`] with the seed's Workflow changed by `change` first.
-async fn seed_with_config_map_and(
-    test: &str,
-    change: impl FnOnce(&mut Workflow),
-) -> (TestNamespace, Api<ConfigMap>, Director) {
-    let ns = TestEnv::get().namespace(test).await;
-    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
-    cms.create(&PostParams::default(), &config_map("my-config", &[], "0")).await.unwrap();
-    let director = start_director(&ns.name, false);
-    let mut wf = seed(&ns.name);
-    change(&mut wf);
-    Api::<Workflow>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &wf)
-        .await
-        .unwrap();
-    baselined(&ns, "my-workflow").await;
-    (ns, cms, director)
 }
 
 /// The status fields each field manager owns, from `metadata.managedFields` entries on the status
@@ -428,12 +344,6 @@ async fn only_the_lease_holder_acts() {
     let found = workplans_of(&ns, 2).await;
     assert!(found.iter().any(|wp| wp.spec.trigger.run.as_deref() == Some("after-failover")));
     assert!(standby.metric("kubeci_director_reconcile_total").await > 0.0);
-}
-
-/// Plays the workplan-operator: marks a Workplan finished at `completed`, and releases its
-/// cleanup finalizer as the operator does once the final phase is written.
-async fn finish(api: &Api<Workplan>, name: &str, completed: &str) {
-    support::finish(api, name, completed).await
 }
 
 fn by_event(found: &[Workplan], event: EventKind) -> Vec<&Workplan> {
