@@ -123,7 +123,7 @@ async fn a_restart_with_runs_pending_runs_the_latest_version_once() {
         wf.status.as_ref().and_then(|s| s.pending_runs.as_ref()).is_some_and(|p| p.count == 2)
     })
     .await;
-    assert_eq!(recorded_versions(&pending), [first.clone()], "saved as far as Workplans exist");
+    assert_eq!(recorded_versions(&pending), vec![first.clone()], "saved as far as Workplans exist");
     director.kill();
 
     allow_workplans(&ns).await;
