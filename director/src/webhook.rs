@@ -263,6 +263,19 @@ mod tests {
     }
 
     #[test]
+    fn a_self_feeding_trigger_is_denied_naming_the_field() {
+        let mut lease = chain();
+        lease["spec"]["triggers"] =
+            json!([{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "onAddOrUpdate": true}]);
+        let response = review(&request("CREATE", lease, None));
+        assert!(!response.allowed);
+        assert_eq!(
+            response.result.message,
+            "spec.triggers[0].kind: Lease is written by kubeci's leader election: a trigger on it would fire on kubeci's own writes"
+        );
+    }
+
+    #[test]
     fn an_unparsable_workflow_is_denied_naming_the_field() {
         let broken = workflow(json!([{"name": "a"}]));
         let response = review(&request("CREATE", broken, None));
