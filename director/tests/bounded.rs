@@ -276,3 +276,57 @@ async fn retention_keeps_the_default_count_and_expires_the_ttl() {
     println!("expired after {waited:?}");
     assert!(waited >= std::time::Duration::from_secs(1), "not before its time: {waited:?}");
 }
+
+/// Hostile: a Workplan that does not deserialize (status.taskIndex beyond int32) is reported with
+/// a Warning Event on it and stops nothing: another Workflow still runs, also after a restart.
+#[tokio::test]
+async fn a_malformed_workplan_is_reported_and_stops_nothing() {
+    let ns = TestEnv::get().namespace("bounded-malformed-workplan").await;
+    let wp_api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let bad = workflow(&ns.name, "bad", "  steps:\n  - {name: only, image: alpine}\n");
+    let trigger = serde_json::from_value(serde_json::json!({"event": "Manual", "run": "bad"})).unwrap();
+    let mut malformed = shared_types::planner::plan(&bad, trigger).unwrap();
+    malformed.metadata.finalizers = None;
+    let name = wp_api.create(&PostParams::default(), &malformed).await.unwrap().metadata.name.unwrap();
+    let patch = serde_json::json!({"status": {"phase": "Running", "taskIndex": 3_000_000_000_i64}});
+    // Read back through a guard: the typed client cannot read what the API server took.
+    let guarded: Api<kube::core::DeserializeGuard<Workplan>> = Api::namespaced(ns.client.clone(), &ns.name);
+    let stored = guarded
+        .patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch))
+        .await
+        .unwrap();
+    assert!(stored.0.is_err(), "the Workplan does not deserialize");
+
+    for restart in [false, true] {
+        let director = start_director(&ns.name, false);
+        eventually("the director to be ready", TIMEOUT, || async { director.is_ready().await.then_some(()) })
+            .await;
+        let run = if restart { "after-restart" } else { "first" };
+        let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+        let mut fine = workflow(&ns.name, "fine", "  steps:\n  - {name: only, image: alpine}\n");
+        fine.metadata.annotations = Some([("kube.ci/run".to_string(), run.to_string())].into());
+        if restart {
+            let patch = serde_json::json!({"metadata": {"annotations": {"kube.ci/run": run}}});
+            workflows
+                .patch("fine", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch))
+                .await
+                .unwrap();
+        } else {
+            workflows.create(&PostParams::default(), &fine).await.unwrap();
+        }
+        workflow_where(&ns, "fine", "the manual run to exist", |wf| {
+            wf.status.as_ref().is_some_and(|s| s.last_manual_run.as_deref() == Some(run))
+        })
+        .await;
+        director.kill();
+    }
+    let warning = eventually("the Malformed Warning on the Workplan", TIMEOUT, || async {
+        events(&ns, "Malformed")
+            .await
+            .into_iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert_eq!(warning.regarding.unwrap().kind.as_deref(), Some("Workplan"));
+}
