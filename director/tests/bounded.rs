@@ -165,17 +165,26 @@ async fn a_trigger_on_workplans_is_refused() {
     assert!(workplans(&wp_api).await.is_empty());
 }
 
+/// Creates Workflow `name` (with `extra` spec lines) triggered by ConfigMaps labelled
+/// `app: <name>`, and waits for its baseline.
+async fn on_labelled_config_maps(ns: &e2e::TestNamespace, name: &str, extra: &str) -> Api<ConfigMap> {
+    let spec = format!(
+        "{extra}  triggers:\n  - {{apiVersion: v1, kind: ConfigMap, selector: {{matchLabels: {{app: {name}}}}}, onAddOrUpdate: true}}\n  steps:\n  - {{name: only, image: alpine}}\n"
+    );
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    workflows.create(&PostParams::default(), &workflow(&ns.name, name, &spec)).await.unwrap();
+    baselined(ns, name).await;
+    Api::namespaced(ns.client.clone(), &ns.name)
+}
+
 /// Failure 5: a burst of 20 events with `concurrentRuns: 2` never has more than 2 unfinished
 /// Workplans, shows the excess as pending, and ends with 20. The test plays the operator.
 #[tokio::test]
 async fn a_burst_waits_for_the_concurrency_cap_and_is_never_dropped() {
     let ns = TestEnv::get().namespace("bounded-concurrency").await;
     let _director = start_director(&ns.name, false);
-    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
-    let spec = "  limits: {concurrentRuns: 2}\n  workplanHistoryLimit: 50\n  triggers:\n  - {apiVersion: v1, kind: ConfigMap, selector: {matchLabels: {app: burst}}, onAddOrUpdate: true}\n  steps:\n  - {name: only, image: alpine}\n";
-    workflows.create(&PostParams::default(), &workflow(&ns.name, "burst", spec)).await.unwrap();
-    baselined(&ns, "burst").await;
-    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+    let extra = "  limits: {concurrentRuns: 2}\n  workplanHistoryLimit: 50\n";
+    let cms = on_labelled_config_maps(&ns, "burst", extra).await;
     for i in 0..20 {
         cms.create(&PostParams::default(), &config_map(&format!("burst-{i}"), &[("app", "burst")], "0"))
             .await
@@ -225,11 +234,8 @@ async fn a_burst_waits_for_the_concurrency_cap_and_is_never_dropped() {
 async fn retention_keeps_the_default_count_and_expires_the_ttl() {
     let ns = TestEnv::get().namespace("bounded-retention").await;
     let _director = start_director(&ns.name, false);
+    let cms = on_labelled_config_maps(&ns, "many", "").await;
     let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
-    let spec = "  triggers:\n  - {apiVersion: v1, kind: ConfigMap, selector: {matchLabels: {app: many}}, onAddOrUpdate: true}\n  steps:\n  - {name: only, image: alpine}\n";
-    workflows.create(&PostParams::default(), &workflow(&ns.name, "many", spec)).await.unwrap();
-    baselined(&ns, "many").await;
-    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     let wp_api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
     // One at a time, each finished before the next: completion order is creation order.
     let mut order = Vec::new();
