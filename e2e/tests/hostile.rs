@@ -248,23 +248,12 @@ async fn malformed_workflows_halt_no_other_and_run_once_repaired() {
                 .unwrap(),
         )
     };
-    patch_status::<Workflow>(&ns, "duplicate", remove_alias()).await;
+    let valid = ["True", "Valid", "the Workflow is valid and its triggers are served"];
+    for name in ["duplicate", "good"] {
+        patch_status::<Workflow>(&ns, name, remove_alias()).await;
+        await_condition::<Workflow>(&ns, name, "Ready", valid).await;
+    }
     await_completed(&ns, "duplicate", 1).await;
-    await_condition::<Workflow>(
-        &ns,
-        "duplicate",
-        "Ready",
-        ["True", "Valid", "the Workflow is valid and its triggers are served"],
-    )
-    .await;
-    patch_status::<Workflow>(&ns, "good", remove_alias()).await;
-    await_condition::<Workflow>(
-        &ns,
-        "good",
-        "Ready",
-        ["True", "Valid", "the Workflow is valid and its triggers are served"],
-    )
-    .await;
     let repair = json!({"spec": {"workplanHistoryLimit": 5}});
     raw::<Workflow>(&ns).patch("too-big", &params(), &Patch::Merge(repair)).await.unwrap();
     await_completed(&ns, "too-big", 1).await;
