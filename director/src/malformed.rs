@@ -27,7 +27,8 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
 use plumbing::kit::{Events, MetricLabel};
-use serde_json::{Map, Value, json};
+use plumbing::malformed::FalseCondition;
+use serde_json::Value;
 use shared_types::Workflow;
 use tokio::sync::mpsc;
 
@@ -153,8 +154,7 @@ pub fn key(workflow: &DeserializeGuard<Workflow>) -> ObjectRef<Workflow> {
 /// Why `object` does not deserialize as a Workflow, with the path of the field
 /// (`status: duplicate field observedGeneration`); `None` if it does.
 pub fn explain(object: &Value) -> Option<String> {
-    let error = serde_path_to_error::deserialize::<_, Workflow>(object).err()?;
-    Some(format!("{}: {}", error.path(), error.inner()).replace('`', ""))
+    plumbing::malformed::explain::<Workflow>(object)
 }
 
 /// The server-side apply of the `Ready=False` condition (reason [`REASON`]) on the malformed
@@ -162,101 +162,21 @@ pub fn explain(object: &Value) -> Option<String> {
 /// transition time kept if it was already False), with the object's resourceVersion as a
 /// precondition.
 pub fn ready_false(object: &Value, message: &str, now: Timestamp) -> Value {
-    let status = object.get("status").cloned().unwrap_or(Value::Null);
-    let mut owned = match status_fields(object, FIELD_MANAGER) {
-        Some(fields) => owned(&status, fields),
-        None => Value::Object(Map::new()),
+    let condition = FalseCondition {
+        api_version: &Workflow::api_version(&()),
+        kind: &Workflow::kind(&()),
+        manager: FIELD_MANAGER,
+        type_: "Ready",
+        reason: REASON,
+        message,
     };
-    let previous = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready" && c["status"] == "False"));
-    let since = previous.map_or_else(|| json!(now.to_string()), |c| c["lastTransitionTime"].clone());
-    let mut ready = json!({
-        "type": "Ready",
-        "status": "False",
-        "reason": REASON,
-        "message": message,
-        "lastTransitionTime": since,
-    });
-    if let Some(generation) = object.pointer("/metadata/generation") {
-        ready["observedGeneration"] = generation.clone();
-    }
-    let fields = owned.as_object_mut().expect("the status is an object");
-    let conditions = fields.entry("conditions").or_insert_with(|| json!([]));
-    if let Some(list) = conditions.as_array_mut() {
-        list.retain(|c| c["type"] != "Ready");
-        list.push(ready);
-    }
-    json!({
-        "apiVersion": Workflow::api_version(&()),
-        "kind": Workflow::kind(&()),
-        "metadata": {
-            "name": object.pointer("/metadata/name"),
-            "resourceVersion": object.pointer("/metadata/resourceVersion"),
-        },
-        "status": owned,
-    })
-}
-
-/// The status fields `manager` owns by apply (`f:status` of its `managedFields` entry on the
-/// status subresource).
-fn status_fields<'a>(object: &'a Value, manager: &str) -> Option<&'a Map<String, Value>> {
-    object.pointer("/metadata/managedFields")?.as_array()?.iter().find_map(|entry| {
-        let ours =
-            entry["manager"] == manager && entry["operation"] == "Apply" && entry["subresource"] == "status";
-        ours.then(|| entry.pointer("/fieldsV1/f:status")?.as_object()).flatten()
-    })
-}
-
-/// The parts of `value` named by the field set `fields` (the `fieldsV1` format: `f:<name>` for
-/// a field, `k:<key json>` for a list item by its keys, `v:<value json>` for a set item,
-/// `i:<index>` for a list item by position; `.` for the object itself).
-pub fn owned(value: &Value, fields: &Map<String, Value>) -> Value {
-    let children = || fields.iter().filter(|(name, _)| *name != ".");
-    if children().next().is_none() && !value.is_object() {
-        return value.clone();
-    }
-    let empty = Map::new();
-    let below = |set: &Value| set.as_object().unwrap_or(&empty).clone();
-    match value {
-        Value::Object(map) => Value::Object(
-            children()
-                .filter_map(|(name, set)| {
-                    let name = name.strip_prefix("f:")?;
-                    Some((name.to_string(), owned(map.get(name)?, &below(set))))
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(index, item)| {
-                    let (_, set) = children().find(|(name, _)| names(name, index, item))?;
-                    Some(owned(item, &below(set)))
-                })
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
-/// Whether the list item `item` at `index` is the one `name` (a `k:`, `v:` or `i:` key) means.
-fn names(name: &str, index: usize, item: &Value) -> bool {
-    if let Some(keys) = name.strip_prefix("k:") {
-        let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(keys) else { return false };
-        keys.iter().all(|(key, value)| item.get(key) == Some(value))
-    } else if let Some(value) = name.strip_prefix("v:") {
-        serde_json::from_str::<Value>(value).is_ok_and(|value| value == *item)
-    } else {
-        name.strip_prefix("i:").and_then(|i| i.parse::<usize>().ok()) == Some(index)
-    }
+    plumbing::malformed::condition_false(object, &condition, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The seed's alias written next to the field, as `kubectl patch --subresource=status` does,
     /// on a Workflow whose status the controller and the trigger engine applied before.
@@ -367,13 +287,5 @@ status:
         let conditions = apply["status"]["conditions"].as_array().unwrap();
         assert_eq!(apply["status"].as_object().unwrap().len(), 1);
         assert_eq!((conditions.len(), &conditions[0]["reason"]), (1, &json!("Malformed")));
-    }
-
-    #[test]
-    fn set_and_index_items() {
-        let fields: Map<String, Value> =
-            serde_json::from_value(json!({"f:a": {"v:\"x\"": {}, "i:2": {}}, "f:b": {".": {}}})).unwrap();
-        let value = json!({"a": ["x", "y", "z", "x"], "b": {"c": 1}, "d": 2});
-        assert_eq!(owned(&value, &fields), json!({"a": ["x", "z", "x"], "b": {}}));
     }
 }

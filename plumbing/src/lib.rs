@@ -8,11 +8,13 @@
 //! - [`admin`]: the axum admin server with `/livez`, `/readyz` and `/metrics`;
 //! - [`leader`]: leader election through a `coordination.k8s.io` Lease (kube-lease-manager);
 //! - [`Process`]: the life of a process around them (start, lead, run, release, drain);
-//! - [`kit`]: the controller kit (metrics, Events, back-off, namespaced-or-all `Api`, discovery).
+//! - [`kit`]: the controller kit (metrics, Events, back-off, namespaced-or-all `Api`, discovery);
+//! - [`malformed`]: explaining and marking objects that do not deserialize.
 
 pub mod admin;
 pub mod kit;
 pub mod leader;
+pub mod malformed;
 pub mod process;
 
 pub use process::{LeaderArgs, Process};

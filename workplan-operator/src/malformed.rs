@@ -34,7 +34,7 @@ use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use plumbing::kit::{Events, MetricLabel};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use shared_types::{RequestState, Workplan};
 use tokio::sync::mpsc;
 
@@ -304,44 +304,11 @@ impl Reporter {
     }
 }
 
-/// Why `object` does not deserialize as a `K`, with the path of the field found at fault
+/// Why `object` does not deserialize as a `K`, with the path of the field at fault
 /// (`status.taskIndex: invalid value: integer 1099511627776, expected i32`); `None` if it
-/// deserializes. The field is found by leaving fields out: the one whose absence makes the
-/// error go (or become its own absence), level by level.
+/// deserializes.
 pub fn explain<K: DeserializeOwned>(object: &Value) -> Option<String> {
-    let fails = |value: &Value| serde_json::from_value::<K>(value.clone()).err().map(|e| e.to_string());
-    let error = fails(object)?;
-    let mut path = String::new();
-    let mut pointer = String::new();
-    'down: loop {
-        let children: Vec<String> = match object.pointer(&pointer) {
-            Some(Value::Object(fields)) => fields.keys().cloned().collect(),
-            Some(Value::Array(items)) => (0..items.len()).map(|i| i.to_string()).collect(),
-            _ => break,
-        };
-        for child in children {
-            let mut trial = object.clone();
-            match trial.pointer_mut(&pointer) {
-                Some(Value::Object(fields)) => drop(fields.remove(&child)),
-                Some(Value::Array(items)) => drop(items.remove(child.parse::<usize>().unwrap_or_default())),
-                _ => break 'down,
-            }
-            let at_fault = fails(&trial).is_none_or(|e| e.starts_with(&format!("missing field `{child}`")));
-            if at_fault {
-                let index = matches!(object.pointer(&pointer), Some(Value::Array(_)));
-                path = match (index, path.is_empty()) {
-                    (true, _) => format!("{path}[{child}]"),
-                    (false, true) => child.clone(),
-                    (false, false) => format!("{path}.{child}"),
-                };
-                pointer = format!("{pointer}/{}", child.replace('~', "~0").replace('/', "~1"));
-                continue 'down;
-            }
-        }
-        break;
-    }
-    let path = if path.is_empty() { "." } else { &path };
-    Some(format!("{path}: {}", error.replace('`', "")))
+    plumbing::malformed::explain::<K>(object)
 }
 
 /// The server-side apply of condition `type_` `False`, reason [`REASON`], on the malformed
@@ -349,95 +316,21 @@ pub fn explain<K: DeserializeOwned>(object: &Value) -> Option<String> {
 /// replaced (its transition time kept if it was already False), with the object's
 /// resourceVersion as a precondition.
 pub fn condition_false(object: &Value, type_: &str, message: &str, now: Timestamp) -> Value {
-    let status = object.get("status").cloned().unwrap_or(Value::Null);
-    let mut fields = manager_status(object, MANAGER).map_or_else(Map::new, |owned_set| {
-        owned(&status, owned_set).as_object().cloned().unwrap_or_default()
-    });
-    let previous = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .and_then(|all| all.iter().find(|c| c["type"] == type_ && c["status"] == "False"));
-    let mut condition = json!({
-        "type": type_,
-        "status": "False",
-        "reason": REASON,
-        "message": message,
-        "lastTransitionTime": previous.map_or_else(|| json!(now.to_string()), |c| c["lastTransitionTime"].clone()),
-    });
-    if let Some(generation) = object.pointer("/metadata/generation") {
-        condition["observedGeneration"] = generation.clone();
-    }
-    let mut conditions: Vec<Value> = fields
-        .remove("conditions")
-        .and_then(|c| c.as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| c["type"] != type_)
-        .collect();
-    conditions.push(condition);
-    fields.insert("conditions".into(), Value::Array(conditions));
-    json!({
-        "apiVersion": Workplan::api_version(&()),
-        "kind": Workplan::kind(&()),
-        "metadata": {
-            "name": object.pointer("/metadata/name"),
-            "resourceVersion": object.pointer("/metadata/resourceVersion"),
-        },
-        "status": fields,
-    })
-}
-
-/// The status fields `manager` owns by server-side apply: its `managedFields` entry's
-/// `f:status` (on the status subresource).
-fn manager_status<'a>(object: &'a Value, manager: &str) -> Option<&'a Map<String, Value>> {
-    let entries = object.pointer("/metadata/managedFields")?.as_array()?;
-    let entry = entries
-        .iter()
-        .find(|e| e["manager"] == manager && e["operation"] == "Apply" && e["subresource"] == "status")?;
-    entry.pointer("/fieldsV1/f:status")?.as_object()
-}
-
-/// What of `value` the field set `set` names (`fieldsV1`: `f:<field>`, list items by `k:<keys>`,
-/// `v:<value>` or `i:<index>`, `.` for the node itself).
-pub fn owned(value: &Value, set: &Map<String, Value>) -> Value {
-    let named: Vec<(&String, &Value)> = set.iter().filter(|(k, _)| k.as_str() != ".").collect();
-    let inner = |s: &Value| s.as_object().cloned().unwrap_or_default();
-    match value {
-        Value::Object(map) => {
-            let mut out = Map::new();
-            for (field, below) in &named {
-                if let Some(v) = field.strip_prefix("f:").and_then(|f| map.get(f)) {
-                    out.insert(field[2..].to_string(), owned(v, &inner(below)));
-                }
-            }
-            Value::Object(out)
-        }
-        Value::Array(items) if !named.is_empty() => {
-            let mut out = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                if let Some((_, below)) = named.iter().find(|(k, _)| item_named(k, i, item)) {
-                    out.push(owned(item, &inner(below)));
-                }
-            }
-            Value::Array(out)
-        }
-        leaf => leaf.clone(),
-    }
-}
-
-fn item_named(key: &str, index: usize, item: &Value) -> bool {
-    match key.split_at_checked(2) {
-        Some(("k:", keys)) => serde_json::from_str::<Map<String, Value>>(keys)
-            .is_ok_and(|keys| keys.iter().all(|(k, v)| item.get(k) == Some(v))),
-        Some(("v:", v)) => serde_json::from_str::<Value>(v).is_ok_and(|v| v == *item),
-        Some(("i:", i)) => i.parse() == Ok(index),
-        _ => false,
-    }
+    let condition = plumbing::malformed::FalseCondition {
+        api_version: &Workplan::api_version(&()),
+        kind: &Workplan::kind(&()),
+        manager: MANAGER,
+        type_,
+        reason: REASON,
+        message,
+    };
+    plumbing::malformed::condition_false(object, &condition, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A running Workplan whose `taskIndex` was patched past int32 by someone else.
     const TOO_BIG: &str = r#"
@@ -530,13 +423,5 @@ status:
         )
         .unwrap();
         pretty_assertions::assert_eq!(apply, expected);
-    }
-
-    #[test]
-    fn set_and_index_items() {
-        let set: Map<String, Value> =
-            serde_json::from_value(json!({"f:a": {"v:\"x\"": {}, "i:2": {}}, "f:b": {".": {}}})).unwrap();
-        let value = json!({"a": ["x", "y", "z", "x"], "b": {"c": 1}, "d": 2});
-        assert_eq!(owned(&value, &set), json!({"a": ["x", "z", "x"], "b": {}}));
     }
 }
