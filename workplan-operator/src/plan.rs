@@ -185,7 +185,7 @@ pub fn plan(
             finish = Some((Phase::Failed, reason));
         }
         Ok(Next::Create) => {
-            write = Some(Write::Create(protocol::first_request(workplan, now)));
+            write = Some(Write::Create(first_request(workplan, now)));
             notice = Some(Notice::Started);
         }
         Ok(Next::Request { job, message }) => {
@@ -265,10 +265,23 @@ fn ran(workplan: &Workplan) -> bool {
     workplan.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Running) || s.start_time.is_some())
 }
 
+/// The first RequestState, whose owner reference blocks the Workplan's deletion: foreground
+/// propagation then removes `foregroundDeletion` only once the RequestState is gone. Without it
+/// the collector deletes the RequestState but lets the finalizer go at the same time, and the
+/// operator, seeing it go, could request the cleanup on the RequestState the collector is about
+/// to delete.
+fn first_request(workplan: &Workplan, now: Timestamp) -> RequestState {
+    let mut fresh = protocol::first_request(workplan, now);
+    for owner in fresh.metadata.owner_references.iter_mut().flatten() {
+        owner.block_owner_deletion = Some(true);
+    }
+    fresh
+}
+
 /// A RequestState that requests only the cleanup, for a Workplan deleted after its tasks ran
 /// whose RequestState is gone: on the node its status names, where the workspace is.
 fn cleanup_request(workplan: &Workplan, now: Timestamp) -> RequestState {
-    let mut fresh = protocol::first_request(workplan, now);
+    let mut fresh = first_request(workplan, now);
     fresh.status = None;
     let mut cleanup = protocol::request(&fresh, Job::Cleanup, Some(DELETED_MESSAGE.into()), now);
     let node = workplan.status.as_ref().and_then(|s| s.node_name.clone());
@@ -411,7 +424,11 @@ mod tests {
         assert_eq!(created.spec.request_uid, wp.metadata.uid.clone().unwrap());
         assert_eq!((created.spec.job, created.spec.state), (Job::Task(0), JobState::Requested));
         let owner = &created.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("Workplan", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller, owner.block_owner_deletion),
+            ("Workplan", Some(true), Some(true)),
+            "a foreground deletion of the Workplan waits until the collector deleted it"
+        );
         assert_eq!(created.status.as_ref().unwrap().history, [requested_entry(Job::Task(0), None)]);
         assert_eq!(plan.notice, Some(Notice::Started));
         assert_eq!(plan.notice.unwrap().event(), (EventType::Normal, "Started", "requested task-0".into()));
@@ -636,7 +653,9 @@ mod tests {
         let Some(Write::Create(created)) = &plan.write else { panic!("a create, not {:?}", plan.write) };
         assert_eq!((created.spec.job, created.spec.state), (Job::Cleanup, JobState::Requested));
         assert_eq!(created.spec.request_uid, deleted().metadata.uid.unwrap());
-        assert_eq!(created.metadata.owner_references.as_ref().unwrap()[0].kind, "Workplan");
+        let owner = &created.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "Workplan");
+        assert_eq!(owner.block_owner_deletion, Some(true), "a later foreground deletion waits for it");
         let history = &created.status.as_ref().unwrap().history;
         assert_eq!(history.len(), 1);
         assert_eq!((history[0].job, history[0].message.as_deref()), (Job::Cleanup, Some(DELETED_MESSAGE)));
