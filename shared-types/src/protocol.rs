@@ -95,7 +95,10 @@ pub fn node(request: &RequestState) -> Option<String> {
 }
 
 /// The RequestState of a new Workplan, requesting `task-0`: same name and namespace, owned by
-/// the Workplan (garbage collection), `request-uid` its uid.
+/// the Workplan (garbage collection), `request-uid` its uid. The owner reference blocks the
+/// Workplan's deletion (`blockOwnerDeletion`): with foreground propagation the collector then
+/// deletes the RequestState before it lets the Workplan go, so the operator never requests a
+/// deleted run's cleanup on a RequestState the collector is about to delete.
 pub fn first_request(workplan: &Workplan, now: Timestamp) -> RequestState {
     use kube::{Resource, ResourceExt};
     let mut fresh = RequestState::new(
@@ -108,7 +111,10 @@ pub fn first_request(workplan: &Workplan, now: Timestamp) -> RequestState {
         },
     );
     fresh.metadata.namespace = workplan.namespace();
-    fresh.metadata.owner_references = workplan.controller_owner_ref(&()).map(|o| vec![o]);
+    fresh.metadata.owner_references = workplan.controller_owner_ref(&()).map(|mut owner| {
+        owner.block_owner_deletion = Some(true);
+        vec![owner]
+    });
     request(&fresh, Job::Task(0), None, now)
 }
 

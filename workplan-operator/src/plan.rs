@@ -185,7 +185,7 @@ pub fn plan(
             finish = Some((Phase::Failed, reason));
         }
         Ok(Next::Create) => {
-            write = Some(Write::Create(first_request(workplan, now)));
+            write = Some(Write::Create(protocol::first_request(workplan, now)));
             notice = Some(Notice::Started);
         }
         Ok(Next::Request { job, message }) => {
@@ -265,23 +265,10 @@ fn ran(workplan: &Workplan) -> bool {
     workplan.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Running) || s.start_time.is_some())
 }
 
-/// The first RequestState, whose owner reference blocks the Workplan's deletion: foreground
-/// propagation then removes `foregroundDeletion` only once the RequestState is gone. Without it
-/// the collector deletes the RequestState but lets the finalizer go at the same time, and the
-/// operator, seeing it go, could request the cleanup on the RequestState the collector is about
-/// to delete.
-fn first_request(workplan: &Workplan, now: Timestamp) -> RequestState {
-    let mut fresh = protocol::first_request(workplan, now);
-    for owner in fresh.metadata.owner_references.iter_mut().flatten() {
-        owner.block_owner_deletion = Some(true);
-    }
-    fresh
-}
-
 /// A RequestState that requests only the cleanup, for a Workplan deleted after its tasks ran
 /// whose RequestState is gone: on the node its status names, where the workspace is.
 fn cleanup_request(workplan: &Workplan, now: Timestamp) -> RequestState {
-    let mut fresh = first_request(workplan, now);
+    let mut fresh = protocol::first_request(workplan, now);
     fresh.status = None;
     let mut cleanup = protocol::request(&fresh, Job::Cleanup, Some(DELETED_MESSAGE.into()), now);
     let node = workplan.status.as_ref().and_then(|s| s.node_name.clone());
