@@ -45,6 +45,25 @@ impl Component {
         Component::start_with(binary, TestEnv::get().kubeconfig(), namespace, args, Stdio::from(file))
     }
 
+    /// [`Component::start`] with its logs (stderr) appended to `log` after a line `header`: a
+    /// component restarted many times (the chaos test) keeps one log across its lives.
+    pub fn start_appending_to(
+        binary: impl AsRef<Path>,
+        namespace: &str,
+        args: &[&str],
+        log: &Path,
+        header: &str,
+    ) -> Component {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        writeln!(file, "===== {header}").unwrap_or_else(|e| panic!("writing {}: {e}", log.display()));
+        Component::start_with(binary, TestEnv::get().kubeconfig(), namespace, args, Stdio::from(file))
+    }
+
     fn start_with(
         binary: impl AsRef<Path>,
         kubeconfig: &Path,
@@ -94,23 +113,34 @@ impl Component {
     /// The response to a GET of `path` on the admin server, headers included; `None` when the
     /// server is not up yet.
     pub async fn get(&self, path: &str) -> Option<String> {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await.ok()?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        Some(response)
+        admin_get(self.admin_port, path).await
     }
 
     /// The sum of a metric's samples whose line starts with `name` (0 when absent or the
     /// server is not up yet).
     pub async fn metric(&self, name: &str) -> f64 {
-        let Some(body) = self.get("/metrics").await else { return 0.0 };
-        body.lines()
-            .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
-            .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()))
-            .sum()
+        admin_metric(self.admin_port, name).await
     }
+}
+
+/// [`Component::get`] by admin port, for a task that must not own the component (it may be
+/// killed meanwhile).
+pub async fn admin_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}
+
+/// [`Component::metric`] by admin port.
+pub async fn admin_metric(port: u16, name: &str) -> f64 {
+    let Some(body) = admin_get(port, "/metrics").await else { return 0.0 };
+    body.lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()))
+        .sum()
 }
 
 impl Drop for Component {

@@ -23,6 +23,6 @@ pub mod node;
 pub mod supervised;
 pub mod testenv;
 
-pub use component::{Component, eventually, workspace_binary};
+pub use component::{Component, admin_metric, eventually, workspace_binary};
 pub use node::{LocalNode, node_namespace};
 pub use testenv::{TestEnv, TestNamespace};
