@@ -40,7 +40,8 @@ use crate::FIELD_MANAGER;
 use crate::error::Error;
 use crate::triggers::decide::Rule;
 use crate::triggers::{Command, Engine, Shared};
-use crate::workplans::{self, Guarded, Synced};
+use crate::workplans::{self, Guarded};
+use plumbing::kit::Synced;
 
 /// Shared by every reconciliation.
 pub struct Context {

@@ -17,23 +17,11 @@ use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
-use plumbing::kit::Events;
+use plumbing::kit::{Events, Synced};
 use shared_types::{Phase, Workflow, Workplan, labels};
 
 /// A cached Workplan, or one that does not deserialize.
 pub type Guarded = DeserializeGuard<Workplan>;
-
-/// Tells when the Workplan cache has its first listing. Any number of tasks may wait on it:
-/// `Store::wait_until_ready` wakes only the last of several waiters.
-#[derive(Clone)]
-pub struct Synced(tokio::sync::watch::Receiver<bool>);
-
-impl Synced {
-    /// Waits until the cache has synced.
-    pub async fn wait(&self) {
-        let _ = self.0.clone().wait_for(|synced| *synced).await;
-    }
-}
 
 /// Starts the one Workplan watch of `api`: the cache, when it has synced, and the stream of
 /// changed Workplans for the controller's `owns_stream` (consuming it is what fills the cache).
@@ -42,14 +30,7 @@ pub fn watch(
     events: Events,
 ) -> (Store<Guarded>, Synced, impl Stream<Item = Result<Guarded, watcher::Error>> + Send + 'static) {
     let (store, writer) = reflector::store();
-    let (synced, receiver) = tokio::sync::watch::channel(false);
-    let ready = store.clone();
-    // The one waiter on the store.
-    tokio::spawn(async move {
-        if ready.wait_until_ready().await.is_ok() {
-            let _ = synced.send(true);
-        }
-    });
+    let synced = Synced::of(store.clone());
     let mut reported = HashSet::new();
     let stream = reflector::reflector(
         writer,
@@ -69,7 +50,7 @@ pub fn watch(
         let note = format!("kubeci cannot read this Workplan: {}", invalid.error);
         tokio::spawn(async move { events.warning(&object, "Malformed", &note).await });
     });
-    (store, Synced(receiver), stream)
+    (store, synced, stream)
 }
 
 /// Keeps what counts, history, TTL and caps need: no managedFields, no tasks (the largest part).

@@ -10,7 +10,8 @@
 //! - [`Backoff`]: capped exponential back-off for retry loops;
 //! - [`Events`]: publishing Kubernetes Events, never failing the caller;
 //! - [`api`]: the `Api` of one namespace, or of all;
-//! - [`Kinds`]: discovery of a kind's resource and scope, cached.
+//! - [`Kinds`]: discovery of a kind's resource and scope, cached;
+//! - [`Synced`]: when a reflector's store has its first listing, for any number of waiters.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -23,6 +24,7 @@ use kube::api::{Api, ApiResource};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -262,6 +264,36 @@ impl Kinds {
 impl Debug for Kinds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kinds").finish_non_exhaustive()
+    }
+}
+
+/// Tells any number of waiters when a reflector's store has its first complete listing.
+/// kube-runtime 5's `Store::wait_until_ready` wakes only the last of several concurrent waiters
+/// (its one-shot channel keeps a single waker), so `Synced` is the store's one waiter and passes
+/// the news on through a watch channel. Do not use it on a store a `Controller` also waits on:
+/// that one is [`crate::admin::Readiness::set_ready_when_synced`]'s case.
+#[derive(Clone)]
+pub struct Synced(tokio::sync::watch::Receiver<bool>);
+
+impl Synced {
+    /// Starts the one waiter on `store`.
+    pub fn of<K>(store: Store<K>) -> Synced
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    {
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                let _ = sender.send(true);
+            }
+        });
+        Synced(receiver)
+    }
+
+    /// Waits until the store has synced; false if its writer went away first.
+    pub async fn wait(&self) -> bool {
+        self.0.clone().wait_for(|synced| *synced).await.is_ok()
     }
 }
 

@@ -18,14 +18,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use plumbing::kit::{self, Events};
+use plumbing::kit::{self, Events, Synced};
 use plumbing::{CommonArgs, LeaderArgs, Process, Shutdown};
 use shared_types::{JobState, RequestState, Workplan};
-use tokio::sync::watch;
 
 use crate::malformed::Tracker;
 use crate::metrics::Metrics;
-use crate::reconcile::{Context, MANAGER, error_backoff, error_policy, reconcile};
+use crate::reconcile::{Context, MANAGER, caches_synced, error_backoff, error_policy, reconcile};
 
 /// `workplan-operator` flags.
 #[derive(clap::Parser, Debug, Clone)]
@@ -107,17 +106,11 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         // instead of when the lease would have expired.
         .watches_stream(lease_events, move |lease| jobs_of(&started_jobs, &lease.name_any()));
 
-    let (synced_tx, synced) = watch::channel(false);
-    let (requests_synced, leases_synced) = (requests.clone(), leases.clone());
-    let ready = process.readiness.clone();
+    let synced = [Synced::of(requests.clone()), Synced::of(leases.clone())];
+    let (caches, ready) = (synced.clone(), process.readiness.clone());
     tokio::spawn(async move {
-        // The only waiter on these two stores (kube-runtime 5 wakes just the last of several).
-        if requests_synced.wait_until_ready().await.is_ok() && leases_synced.wait_until_ready().await.is_ok()
-        {
-            synced_tx.send_replace(true);
-            if ready.set_ready_when_synced(&workplans).await {
-                tracing::info!("Workplan, RequestState and Lease caches synced; ready");
-            }
+        if caches_synced(&caches).await && ready.set_ready_when_synced(&workplans).await {
+            tracing::info!("Workplan, RequestState and Lease caches synced; ready");
         }
     });
 
@@ -139,7 +132,7 @@ pub async fn run_until(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 let tracker = tracker.clone();
                 async move {
                     // Whether its RequestState is malformed is known once they are listed.
-                    let _ = ctx.synced.clone().wait_for(|synced| *synced).await;
+                    caches_synced(&ctx.synced).await;
                     if tracker.waits(&workplan) {
                         // Its RequestState cannot be read: nothing to decide on until it is
                         // repaired, which triggers this Workplan again.

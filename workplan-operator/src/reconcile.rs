@@ -26,9 +26,8 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use plumbing::kit::{ErrorBackoff, Events, MetricLabel};
+use plumbing::kit::{ErrorBackoff, Events, MetricLabel, Synced};
 use shared_types::{JobState, Phase, RequestState, Workplan, labels};
-use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::plan::{self, Notice, Plan, Write};
@@ -82,14 +81,24 @@ pub struct Context {
     /// True once `requests` and `leases` have their first complete listing: before that a
     /// missing RequestState would be created again and a missing Lease would make its worker
     /// look lost.
-    pub synced: watch::Receiver<bool>,
+    pub synced: [Synced; 2],
     /// Per-Workplan back-off of failed reconciliations.
     pub backoff: ErrorBackoff<ObjectRef<Workplan>>,
 }
 
+/// Whether every cache in `caches` has its first listing (false: one stopped before).
+pub async fn caches_synced(caches: &[Synced]) -> bool {
+    for cache in caches {
+        if !cache.wait().await {
+            return false;
+        }
+    }
+    true
+}
+
 impl Context {
     async fn caches_synced(&self) -> Result<(), Error> {
-        self.synced.clone().wait_for(|synced| *synced).await.map(|_| ()).map_err(|_| Error::NotSynced)
+        if caches_synced(&self.synced).await { Ok(()) } else { Err(Error::NotSynced) }
     }
 }
 

@@ -46,9 +46,10 @@ use tokio::task::JoinHandle;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::workflow::Run;
-use crate::workplans::{self, Guarded, Synced};
+use crate::workplans::{self, Guarded};
 use decide::{Outcome, Rule, TriggerRecord, WatchKey, WatchedObject};
 use pending::{Caps, Gate, Handled, Pending, Reason, Source};
+use plumbing::kit::Synced;
 
 /// The field manager of the engine's server-side apply of the trigger record
 /// (`lastObservedResourceGeneration`, `baselinedTriggers`) and of `pendingRuns`.
