@@ -1,21 +1,28 @@
 //! `kubectl kubeci`: the user's front door to kubeci.
 //!
-//! `kubectl kubeci plan -f workflow.yaml` prints the Workplan the director would create for a
-//! Workflow, without a cluster: the same planner, the same validation messages. Invalid input
-//! exits with status 1 and every problem on stderr, each naming the field and the step.
+//! `plan -f workflow.yaml` prints the Workplan the director would create for a Workflow, without
+//! a cluster: the same planner, the same validation messages. The other commands read the
+//! cluster of the kubeconfig, with kubectl's flags (`--kubeconfig`, `--context`, `-n`). Failures
+//! exit with status 1 and say on stderr which object and which field is wrong.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+pub mod cluster;
+pub mod plan;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
-use shared_types::planner;
-use shared_types::{Invalid, TriggerEvent, Workflow, Workplan};
+use std::io::{Read, Write};
+
+use clap::{CommandFactory, Parser, Subcommand};
+use shared_types::Invalid;
+
+pub use cluster::{Cluster, ClusterArgs};
+pub use plan::{Output, PlanArgs};
 
 /// kubectl kubeci: plan and inspect kubeci Workflows.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-kubeci", bin_name = "kubectl kubeci", version)]
 pub struct Args {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,29 +33,14 @@ pub enum Command {
     ///
     /// Reads one or more Workflows (YAML or JSON, `---`-separated) and prints one Workplan for
     /// each. The Workplan's name is the one a manual run would get; in the cluster it also
-    /// depends on the Workflow's uid.
+    /// depends on the Workflow's uid. Needs no cluster.
     Plan(PlanArgs),
-}
 
-#[derive(clap::Args, Debug)]
-pub struct PlanArgs {
-    /// The Workflow file, or `-` for standard input.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
-    pub file: PathBuf,
-
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Yaml)]
-    pub output: Output,
-
-    /// Namespace of Workflows that do not name one.
-    #[arg(short = 'n', long = "namespace", default_value = "default")]
-    pub namespace: String,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
-    Yaml,
-    Json,
+    /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Why a command failed; `Display` is what the user reads on stderr.
@@ -64,122 +56,28 @@ pub enum Error {
     Invalid { path: String, name: String, invalid: Invalid },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<Error>),
+    #[error("error: no cluster to talk to: {0}")]
+    Kubeconfig(String),
+    #[error("error: {what}: {source}")]
+    Kube { what: String, source: kube::Error },
+    #[error("error: {kind} {name:?} not found in namespace {namespace:?}")]
+    NotFound { kind: String, name: String, namespace: String },
+    #[error("error: {kind} {name} is malformed: {message}")]
+    Malformed { kind: String, name: String, message: String },
+    #[error("error: writing the output: {0}")]
+    Write(#[from] std::io::Error),
 }
 
-/// Runs a command; returns what goes to stdout.
-pub fn run(args: &Args, stdin: &mut dyn Read) -> Result<String, Error> {
+/// Runs a command, writing what goes to stdout to `out`.
+pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
     match &args.command {
-        Command::Plan(plan) => run_plan(plan, stdin),
-    }
-}
-
-fn run_plan(args: &PlanArgs, stdin: &mut dyn Read) -> Result<String, Error> {
-    let path = match args.file.to_str() {
-        Some("-") => "<stdin>".to_string(),
-        _ => args.file.display().to_string(),
-    };
-    let text = read_input(&args.file, stdin).map_err(|source| Error::Read { path: path.clone(), source })?;
-    let workflows = parse_workflows(&path, &text)?;
-
-    let mut workplans = Vec::new();
-    let mut errors = Vec::new();
-    for mut workflow in workflows {
-        workflow.metadata.namespace.get_or_insert_with(|| args.namespace.clone());
-        let name = workflow.metadata.name.clone().unwrap_or_default();
-        match planner::plan(&workflow, manual_run()) {
-            Ok(workplan) => workplans.push(workplan),
-            Err(invalid) => errors.push(Error::Invalid { path: path.clone(), name, invalid }),
+        Command::Plan(plan) => {
+            let text = plan::run_plan(plan, &args.cluster.offline_namespace(), stdin)?;
+            out.write_all(text.as_bytes())?;
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(*shell, &mut Args::command(), "kubectl-kubeci", out);
         }
     }
-    match errors.len() {
-        0 => Ok(render(&workplans, args.output)),
-        1 => Err(errors.remove(0)),
-        _ => Err(Error::Several(errors)),
-    }
-}
-
-fn manual_run() -> TriggerEvent {
-    TriggerEvent::manual(None)
-}
-
-fn read_input(file: &Path, stdin: &mut dyn Read) -> std::io::Result<String> {
-    if file == Path::new("-") {
-        let mut text = String::new();
-        stdin.read_to_string(&mut text)?;
-        Ok(text)
-    } else {
-        std::fs::read_to_string(file)
-    }
-}
-
-/// Every document of the input, each checked to be a kube.ci/v1alpha1 Workflow. JSON is YAML,
-/// so one parser reads both. Other kinds are skipped; problems of all documents are reported
-/// together.
-fn parse_workflows(path: &str, text: &str) -> Result<Vec<Workflow>, Error> {
-    let mut workflows = Vec::new();
-    let mut errors = Vec::new();
-    let mut skipped = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let parse = |message: String| Error::Parse { path: path.to_string(), message };
-        let value = match serde_yaml::Value::deserialize(document) {
-            Ok(serde_yaml::Value::Null) => continue, // an empty document, e.g. a trailing `---`
-            Ok(value) => value,
-            Err(e) => {
-                errors.push(parse(format!("document {index}: not valid YAML: {e}")));
-                break; // the parser cannot resynchronise after a syntax error
-            }
-        };
-        let field =
-            |name: &str| value.get(name).and_then(serde_yaml::Value::as_str).unwrap_or("").to_string();
-        let (api_version, kind) = (field("apiVersion"), field("kind"));
-        if kind != "Workflow" || !api_version.starts_with("kube.ci/") {
-            skipped.push(format!(
-                "{kind} {}",
-                value
-                    .get("metadata")
-                    .and_then(|m| m.get("name"))
-                    .and_then(serde_yaml::Value::as_str)
-                    .unwrap_or("")
-            ));
-            continue; // other objects of a mixed file, as kubectl apply would take them
-        }
-        if api_version != "kube.ci/v1alpha1" {
-            errors.push(parse(format!(
-                "document {index}: apiVersion {api_version:?} is not served; use kube.ci/v1alpha1"
-            )));
-            continue;
-        }
-        match serde_path_to_error::deserialize::<_, Workflow>(value) {
-            Ok(workflow) => workflows.push(workflow),
-            Err(e) => errors.push(parse(format!(
-                "document {index}: not a valid Workflow: {}: {}",
-                e.path(),
-                e.inner()
-            ))),
-        }
-    }
-    match (errors.len(), workflows.is_empty()) {
-        (0, true) => Err(Error::Empty { path: path.to_string(), skipped: skipped.join(", ") }),
-        (0, false) => Ok(workflows),
-        (1, _) => Err(errors.remove(0)),
-        _ => Err(Error::Several(errors)),
-    }
-}
-
-fn render(workplans: &[Workplan], output: Output) -> String {
-    match (output, workplans) {
-        (Output::Yaml, _) => workplans
-            .iter()
-            .map(|wp| serde_yaml::to_string(wp).expect("a Workplan serializes"))
-            .collect::<Vec<_>>()
-            .join("---\n"),
-        (Output::Json, [one]) => json(one),
-        (Output::Json, many) => json(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": many})),
-    }
-}
-
-fn json(value: &impl serde::Serialize) -> String {
-    let mut out = serde_json::to_string_pretty(value).expect("a Workplan serializes");
-    out.push('\n');
-    out
+    Ok(())
 }
