@@ -6,14 +6,17 @@
 //! exit with status 1 and say on stderr which object and which field is wrong.
 
 pub mod cluster;
+pub mod graph;
 pub mod plan;
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use shared_types::Invalid;
+use shared_types::{Invalid, Workflow, planner};
 
 pub use cluster::{Cluster, ClusterArgs};
+pub use graph::{Graph, GraphOutput};
 pub use plan::{Output, PlanArgs};
 
 /// kubectl kubeci: plan and inspect kubeci Workflows.
@@ -36,11 +39,32 @@ pub enum Command {
     /// depends on the Workflow's uid. Needs no cluster.
     Plan(PlanArgs),
 
+    /// Show a Workflow's steps and how the planner groups them into tasks (pods).
+    ///
+    /// From a file (`-f`, no cluster needed) or from the cluster (`WORKFLOW` or
+    /// `workflow/WORKFLOW`). `-o svg` draws the DAG with one band per task.
+    Graph(GraphArgs),
+
     /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GraphArgs {
+    /// The Workflow in the cluster: `NAME` or `workflow/NAME`.
+    #[arg(value_name = "WORKFLOW", conflicts_with = "file", required_unless_present = "file")]
+    pub workflow: Option<String>,
+
+    /// A Workflow file instead, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = GraphOutput::Text)]
+    pub output: GraphOutput,
 }
 
 /// Why a command failed; `Display` is what the user reads on stderr.
@@ -64,6 +88,10 @@ pub enum Error {
     NotFound { kind: String, name: String, namespace: String },
     #[error("error: {kind} {name} is malformed: {message}")]
     Malformed { kind: String, name: String, message: String },
+    #[error("error: {0:?} is not a {1}: use NAME or {2}/NAME")]
+    WrongType(String, &'static str, &'static str),
+    #[error("error: -o svg draws one Workflow; {path} has {count}")]
+    OneSvg { path: String, count: usize },
     #[error("error: writing the output: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -75,9 +103,58 @@ pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Resu
             let text = plan::run_plan(plan, &args.cluster.offline_namespace(), stdin)?;
             out.write_all(text.as_bytes())?;
         }
+        Command::Graph(graph) => run_graph(args, graph, stdin, out).await?,
         Command::Completion { shell } => {
             clap_complete::generate(*shell, &mut Args::command(), "kubectl-kubeci", out);
         }
     }
     Ok(())
+}
+
+async fn run_graph(
+    args: &Args,
+    graph: &GraphArgs,
+    stdin: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let (path, workflows) = match (&graph.file, &graph.workflow) {
+        (Some(file), _) => plan::read_workflows(file, stdin)?,
+        (None, Some(name)) => {
+            let name = object_name(name, &["workflow", "workflows", "kwf"], "Workflow", "workflow")?;
+            let cluster = args.cluster.connect().await?;
+            let workflow: Workflow = cluster.workflow(name).await?;
+            (format!("Workflow {}/{name}", cluster.namespace), vec![workflow])
+        }
+        (None, None) => unreachable!("clap requires a WORKFLOW or -f"),
+    };
+    if graph.output == GraphOutput::Svg && workflows.len() > 1 {
+        return Err(Error::OneSvg { path, count: workflows.len() });
+    }
+    let mut errors = Vec::new();
+    for workflow in &workflows {
+        let name = workflow.metadata.name.clone().unwrap_or_default();
+        match planner::plan(workflow, plan::manual_run()) {
+            Ok(workplan) => out.write_all(Graph::new(workflow, &workplan).render(graph.output).as_bytes())?,
+            Err(invalid) => errors.push(Error::Invalid { path: path.clone(), name, invalid }),
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Several(errors)),
+    }
+}
+
+/// `NAME`, or `TYPE/NAME` with TYPE one of `types` (kubectl's spelling of a resource).
+fn object_name<'a>(
+    arg: &'a str,
+    types: &[&str],
+    kind: &'static str,
+    canonical: &'static str,
+) -> Result<&'a str, Error> {
+    match arg.split_once('/') {
+        None if !arg.is_empty() => Ok(arg),
+        Some((t, name)) if types.contains(&t.to_lowercase().as_str()) && !name.is_empty() => Ok(name),
+        _ => Err(Error::WrongType(arg.to_string(), kind, canonical)),
+    }
 }
