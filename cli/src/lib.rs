@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod graph;
 pub mod plan;
+pub mod status;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -45,6 +46,14 @@ pub enum Command {
     /// `workflow/WORKFLOW`). `-o svg` draws the DAG with one band per task.
     Graph(GraphArgs),
 
+    /// Show a run (Workplan) as a tree of tasks and steps, or the runs of a Workflow.
+    ///
+    /// `get wp/NAME` (also `workplan/NAME`, or `get wp NAME`): every task and step with its
+    /// state (Waiting, Running, Succeeded, Failed, Skipped), exit code, start, duration, pod and
+    /// container. `get workflow/NAME` (also `kwf/NAME`): its Workplans with phase, trigger, age
+    /// and duration. A bare `NAME` is looked up as a Workplan, then as a Workflow.
+    Get(GetArgs),
+
     /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
     Completion {
         #[arg(value_enum)]
@@ -66,6 +75,28 @@ pub struct GraphArgs {
     #[arg(short = 'o', long = "output", value_enum, default_value_t = GraphOutput::Text)]
     pub output: GraphOutput,
 }
+
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// `TYPE/NAME`, `TYPE NAME` or `NAME`; TYPE is `wp` (`workplan`) or `workflow` (`kwf`).
+    #[arg(value_name = "TYPE/NAME", num_args = 1..=2, required = true)]
+    pub object: Vec<String>,
+
+    /// Output format: the tree as text, or the same tree as data.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = GetOutput::Text)]
+    pub output: GetOutput,
+}
+
+/// Output formats of `get`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetOutput {
+    Text,
+    Yaml,
+    Json,
+}
+
+const WORKPLAN_TYPES: &[&str] = &["wp", "wps", "workplan", "workplans", "workplans.kube.ci"];
+const WORKFLOW_TYPES: &[&str] = &["kwf", "workflow", "workflows", "workflows.kube.ci"];
 
 /// Why a command failed; `Display` is what the user reads on stderr.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +123,12 @@ pub enum Error {
     WrongType(String, &'static str, &'static str),
     #[error("error: -o svg draws one Workflow; {path} has {count}")]
     OneSvg { path: String, count: usize },
+    #[error("error: unknown type {0:?}: use wp/NAME (a Workplan) or workflow/NAME (a Workflow)")]
+    UnknownType(String),
+    #[error("error: {0:?} is both a Workplan and a Workflow: say wp/{0} or workflow/{0}")]
+    Ambiguous(String),
+    #[error("error: no Workplan or Workflow {name:?} in namespace {namespace:?}")]
+    NeitherFound { name: String, namespace: String },
     #[error("error: writing the output: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -104,6 +141,7 @@ pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Resu
             out.write_all(text.as_bytes())?;
         }
         Command::Graph(graph) => run_graph(args, graph, stdin, out).await?,
+        Command::Get(get) => run_get(args, get, out).await?,
         Command::Completion { shell } => {
             clap_complete::generate(*shell, &mut Args::command(), "kubectl-kubeci", out);
         }
@@ -156,5 +194,129 @@ fn object_name<'a>(
         None if !arg.is_empty() => Ok(arg),
         Some((t, name)) if types.contains(&t.to_lowercase().as_str()) && !name.is_empty() => Ok(name),
         _ => Err(Error::WrongType(arg.to_string(), kind, canonical)),
+    }
+}
+
+/// What `get` was asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Workplan(String),
+    Workflow(String),
+    Either(String),
+}
+
+fn target(object: &[String]) -> Result<Target, Error> {
+    let (kind, name) = match object {
+        [one] => match one.split_once('/') {
+            Some((kind, name)) => (Some(kind), name),
+            None => (None, one.as_str()),
+        },
+        [kind, name] => (Some(kind.as_str()), name.as_str()),
+        _ => unreachable!("clap takes one or two"),
+    };
+    let name = name.to_string();
+    match kind.map(str::to_lowercase) {
+        None => Ok(Target::Either(name)),
+        Some(k) if WORKPLAN_TYPES.contains(&k.as_str()) => Ok(Target::Workplan(name)),
+        Some(k) if WORKFLOW_TYPES.contains(&k.as_str()) => Ok(Target::Workflow(name)),
+        Some(k) => Err(Error::UnknownType(k)),
+    }
+}
+
+async fn run_get(args: &Args, get: &GetArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let target = target(&get.object)?;
+    let cluster = args.cluster.connect().await?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let target = match target {
+        Target::Either(name) => {
+            let workplan = cluster.get_opt::<shared_types::Workplan>(&name).await?.is_some();
+            let workflow = cluster.get_opt::<Workflow>(&name).await?.is_some();
+            match (workplan, workflow) {
+                (true, true) => return Err(Error::Ambiguous(name)),
+                (true, false) => Target::Workplan(name),
+                (false, true) => Target::Workflow(name),
+                (false, false) => {
+                    return Err(Error::NeitherFound { name, namespace: cluster.namespace.clone() });
+                }
+            }
+        }
+        known => known,
+    };
+    let text = match target {
+        Target::Workplan(name) => {
+            let (workplan, request, pods) = cluster.run(&name).await?;
+            let tree = status::run_tree(&workplan, request.as_ref(), &pods, now);
+            render_data(&tree, get.output, RunTreeText)
+        }
+        Target::Workflow(name) => {
+            // The Workflow must exist and be readable; its runs are found by label.
+            let _: Workflow = cluster.workflow(&name).await?;
+            let selector = format!("{}={name}", shared_types::labels::WORKFLOW);
+            let (workplans, malformed) = cluster.list::<shared_types::Workplan>(&selector).await?;
+            let malformed =
+                malformed.iter().map(|e| e.to_string().trim_start_matches("error: ").to_string()).collect();
+            let runs = status::runs(&name, &cluster.namespace, &workplans, malformed, now);
+            render_data(&runs, get.output, RunsText)
+        }
+        Target::Either(_) => unreachable!("resolved above"),
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// How a `get` result reads as text.
+trait AsText<T> {
+    fn text(&self, value: &T) -> String;
+}
+
+struct RunTreeText;
+impl AsText<status::RunTree> for RunTreeText {
+    fn text(&self, value: &status::RunTree) -> String {
+        value.text()
+    }
+}
+
+struct RunsText;
+impl AsText<status::Runs> for RunsText {
+    fn text(&self, value: &status::Runs) -> String {
+        value.text()
+    }
+}
+
+fn render_data<T: serde::Serialize>(value: &T, output: GetOutput, text: impl AsText<T>) -> String {
+    match output {
+        GetOutput::Text => text.text(value),
+        GetOutput::Yaml => serde_yaml::to_string(value).expect("plain data serializes"),
+        GetOutput::Json => plan::json(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(args: &[&str]) -> Result<Target, Error> {
+        target(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn get_tells_workplans_and_workflows_apart_by_kubectls_types() {
+        assert_eq!(t(&["wp/a"]).unwrap(), Target::Workplan("a".into()));
+        assert_eq!(t(&["Workplan", "a"]).unwrap(), Target::Workplan("a".into()));
+        assert_eq!(t(&["workflow/b"]).unwrap(), Target::Workflow("b".into()));
+        assert_eq!(t(&["kwf", "b"]).unwrap(), Target::Workflow("b".into()));
+        assert_eq!(t(&["c"]).unwrap(), Target::Either("c".into()));
+        assert_eq!(
+            t(&["pod/c"]).unwrap_err().to_string(),
+            "error: unknown type \"pod\": use wp/NAME (a Workplan) or workflow/NAME (a Workflow)"
+        );
+    }
+
+    #[test]
+    fn graph_takes_name_or_workflow_slash_name() {
+        let types = &["workflow", "kwf"];
+        assert_eq!(object_name("x", types, "Workflow", "workflow").unwrap(), "x");
+        assert_eq!(object_name("kwf/x", types, "Workflow", "workflow").unwrap(), "x");
+        assert!(object_name("wp/x", types, "Workflow", "workflow").is_err());
     }
 }
