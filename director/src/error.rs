@@ -13,8 +13,10 @@ pub enum Error {
     Status { workflow: String, source: kube::Error },
     #[error("creating Workplan {workplan}: {source}")]
     CreateWorkplan { workplan: String, source: kube::Error },
-    #[error("applying the trigger record of {workflow}: {source}")]
+    #[error("saving the trigger record of {workflow}: {source}")]
     SaveRecord { workflow: String, source: kube::Error },
+    #[error("loading the trigger record of {workflow}: {source}")]
+    LoadRecord { workflow: String, source: kube::Error },
     #[error("resolving kind {kind} in {api_version} by discovery: {source}")]
     Discovery { api_version: String, kind: String, source: kube::Error },
     #[error("trigger watch of {watch}: {source}")]
@@ -33,6 +35,7 @@ impl MetricLabel for Error {
             Error::Status { .. } => "status",
             Error::CreateWorkplan { .. } => "create_workplan",
             Error::SaveRecord { .. } => "save_record",
+            Error::LoadRecord { .. } => "load_record",
             Error::Discovery { .. } => "discovery",
             Error::TriggerWatch { .. } => "watch",
             Error::WorkflowWatch(_) => "workflow_watch",

@@ -6,12 +6,14 @@
 //! One Workflow watch ([`stream`]) feeds the Workflow controller ([`workflow`]) and the trigger
 //! engine ([`triggers`]); one Workplan watch ([`workplans`]) feeds the controller's `owns` and the
 //! Workplan cache both read. Field ownership of `Workflow.status` is explicit, by server-side
-//! apply: the controller's fields with the manager [`FIELD_MANAGER`], the trigger record and
-//! `pendingRuns` with [`triggers::FIELD_MANAGER`].
+//! apply: the controller's fields with the manager [`FIELD_MANAGER`]; the trigger record's
+//! summary and `pendingRuns` with [`triggers::FIELD_MANAGER`], which also writes the record
+//! itself, in TriggerRecord objects ([`records`]).
 
 pub mod error;
 pub mod malformed;
 pub mod metrics;
+pub mod records;
 pub mod stream;
 pub mod triggers;
 pub mod webhook;
@@ -29,8 +31,9 @@ use shared_types::Workflow;
 
 pub use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::records::Records;
 use crate::triggers::pending::Caps;
-use crate::triggers::{Engine, Records, Shared};
+use crate::triggers::{Engine, Shared};
 use crate::workflow::{Context, History, error_policy, reconcile};
 use crate::workplans::Guarded;
 

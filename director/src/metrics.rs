@@ -17,6 +17,11 @@ pub struct Metrics {
     pub trigger_deduplicated: IntCounter,
     /// Fires dropped because the Workflow is suspended.
     pub trigger_suspended: IntCounter,
+    /// TriggerRecord shards written or deleted (a baseline writes every non-empty shard, an event
+    /// the one its object is in).
+    pub trigger_record_writes: IntCounter,
+    /// Trigger objects in the saved records of the Workflows served.
+    pub trigger_record_objects: IntGauge,
     /// Running trigger watches.
     pub trigger_watches: IntGauge,
     /// Workplans created.
@@ -42,6 +47,12 @@ impl Metrics {
                 .counter("trigger_deduplicated_total", "Watched versions already in the trigger record"),
             trigger_suspended: r
                 .counter("trigger_suspended_total", "Fires dropped while the Workflow is suspended"),
+            trigger_record_writes: r
+                .counter("trigger_record_writes_total", "TriggerRecord shards written or deleted"),
+            trigger_record_objects: r.gauge(
+                "trigger_record_objects",
+                "Trigger objects in the saved records of the Workflows served",
+            ),
             trigger_watches: r.gauge("trigger_watches", "Running trigger watches"),
             workplans_created: r.counter("workplans_created_total", "Workplans created"),
             workplans_existing: r

@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use shared_types::{EventKind, Workflow, Workplan};
 use support::{
-    TIMEOUT, allow_workplans, baselined, config_map, events, eventually, finish, now_plus, recorded_versions,
-    refuse_workplans, seed_with_config_map, set_value, start_director, workflow, workflow_where, workplans,
-    workplans_of,
+    TIMEOUT, allow_workplans, baselined, config_map, events, eventually, finish, now_plus, record_where,
+    recorded_versions, refuse_workplans, seed_with_config_map, set_value, start_director, workflow,
+    workflow_where, workplans, workplans_of,
 };
 
 /// Failure 1: a quota refuses Workplans while the seed's ConfigMap changes 3 times; once it is
@@ -20,7 +20,8 @@ use support::{
 #[tokio::test]
 async fn refused_creates_lose_no_event() {
     let (ns, cms, director) = seed_with_config_map("bounded-refused-creates").await;
-    let baseline = recorded_versions(&workflow_where(&ns, "my-workflow", "the baseline", |_| true).await);
+    let (_, baseline) = record_where(&ns, "my-workflow", "the baseline", |_, r| !r.is_empty()).await;
+    let baseline = recorded_versions(&baseline);
     refuse_workplans(&ns).await;
 
     let mut versions = Vec::new();
@@ -33,13 +34,13 @@ async fn refused_creates_lose_no_event() {
         .await;
     }
     // Visible while refused, and the record has not advanced past the baseline.
-    let refused = workflow_where(&ns, "my-workflow", "pendingRuns to show the refusal", |wf| {
+    let (refused, record) = record_where(&ns, "my-workflow", "pendingRuns to show the refusal", |wf, _| {
         wf.status.as_ref().and_then(|s| s.pending_runs.as_ref()).is_some_and(|p| {
             p.count == 3 && p.reason.as_deref() == Some("CreateFailed") && p.oldest_since.is_some()
         })
     })
     .await;
-    assert_eq!(recorded_versions(&refused), baseline, "the record waits for the Workplans");
+    assert_eq!(recorded_versions(&record), baseline, "the record waits for the Workplans");
     let message = refused.status.unwrap().pending_runs.unwrap().message.unwrap();
     assert!(message.contains("exceeded quota") || message.contains("quota"), "{message}");
     eventually("the WorkplanFailed Warning", TIMEOUT, || async {
@@ -49,8 +50,8 @@ async fn refused_creates_lose_no_event() {
 
     allow_workplans(&ns).await;
     let last = versions[2].clone();
-    workflow_where(&ns, "my-workflow", "the last version recorded, nothing pending", |wf| {
-        recorded_versions(wf) == [last.clone()]
+    record_where(&ns, "my-workflow", "the last version recorded, nothing pending", |wf, record| {
+        recorded_versions(record) == [last.clone()]
             && wf.status.as_ref().is_some_and(|s| s.pending_runs.is_none())
     })
     .await;
@@ -107,8 +108,8 @@ async fn a_restart_with_runs_pending_runs_the_latest_version_once() {
     let (ns, cms, director) = seed_with_config_map("bounded-restart-pending").await;
     let first = set_value(&cms, "my-config", "1").await;
     workplans_of(&ns, 1).await;
-    workflow_where(&ns, "my-workflow", "the first version recorded", |wf| {
-        recorded_versions(wf) == [first.clone()]
+    record_where(&ns, "my-workflow", "the first version recorded", |_, record| {
+        recorded_versions(record) == [first.clone()]
     })
     .await;
 
@@ -119,7 +120,7 @@ async fn a_restart_with_runs_pending_runs_the_latest_version_once() {
     })
     .await;
     let latest = set_value(&cms, "my-config", "3").await;
-    let pending = workflow_where(&ns, "my-workflow", "two runs pending", |wf| {
+    let (_, pending) = record_where(&ns, "my-workflow", "two runs pending", |wf, _| {
         wf.status.as_ref().and_then(|s| s.pending_runs.as_ref()).is_some_and(|p| p.count == 2)
     })
     .await;
@@ -128,8 +129,8 @@ async fn a_restart_with_runs_pending_runs_the_latest_version_once() {
 
     allow_workplans(&ns).await;
     let director = start_director(&ns.name, false);
-    workflow_where(&ns, "my-workflow", "the latest version recorded, nothing pending", |wf| {
-        recorded_versions(wf) == [latest.clone()]
+    record_where(&ns, "my-workflow", "the latest version recorded, nothing pending", |wf, record| {
+        recorded_versions(record) == [latest.clone()]
             && wf.status.as_ref().is_some_and(|s| s.pending_runs.is_none())
     })
     .await;

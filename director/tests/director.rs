@@ -13,8 +13,9 @@ use shared_types::planner::plan;
 use shared_types::workflow::RunLimits;
 use shared_types::{EventKind, Workflow, Workplan};
 use support::{
-    Director, TIMEOUT, baselined, config_map, eventually, finish, seed, seed_with_config_map,
-    seed_with_config_map_and, set_value, start_director, workflow, workplans, workplans_of,
+    Director, TIMEOUT, baselined, config_map, eventually, finish, record_where, recorded_versions, seed,
+    seed_with_config_map, seed_with_config_map_and, set_value, start_director, workflow, workplans,
+    workplans_of,
 };
 
 fn task_names(wp: &Workplan) -> Vec<(Vec<String>, Vec<String>)> {
@@ -123,22 +124,14 @@ async fn status_fields_are_applied_by_the_directors_two_managers() {
         fired[0].metadata.managed_fields.iter().flatten().filter_map(|entry| entry.manager.clone()).collect();
     assert_eq!(workplan_managers, ["kubeci-director"], "the Workplan's create is attributed");
 
-    // Both writers are done once the status records the fired version and names the Workplan.
-    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    // Both writers are done once the record holds the fired version and the status names the
+    // Workplan.
     let wp_name = fired[0].metadata.name.clone();
-    let settled = move |wf: Option<&Workflow>| {
-        wf.and_then(|w| w.status.as_ref()).is_some_and(|s| {
-            s.last_workplan == wp_name
-                && s.last_observed_resource_generation
-                    .values()
-                    .any(|o| o.resource_version.as_deref() == Some(&rv))
-        })
-    };
-    let wf = tokio::time::timeout(TIMEOUT, await_condition(workflows, "my-workflow", settled))
-        .await
-        .expect("the status settles")
-        .unwrap()
-        .unwrap();
+    let (wf, _) = record_where(&ns, "my-workflow", "the status to settle", |wf, record| {
+        wf.status.as_ref().is_some_and(|s| s.last_workplan == wp_name && s.trigger_record.is_some())
+            && recorded_versions(record) == [rv.clone()]
+    })
+    .await;
     let fields = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
     assert_eq!(
         status_owners(&wf),
@@ -146,7 +139,7 @@ async fn status_fields_are_applied_by_the_directors_two_managers() {
             (
                 "kubeci-director-triggers/status".to_string(),
                 "Apply".to_string(),
-                fields(&["baselinedTriggers", "lastObservedResourceGeneration"])
+                fields(&["baselinedTriggers", "triggerRecord"])
             ),
             (
                 "kubeci-director/status".to_string(),
@@ -215,17 +208,11 @@ async fn rapid_updates_give_one_workplan_per_observed_version() {
     for i in 1..=100 {
         last = set_value(&cms, "my-config", &i.to_string()).await;
     }
-    // Settled once the last version is recorded in the Workflow's status.
-    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
-    let recorded = |wf: Option<&Workflow>| {
-        wf.and_then(|w| w.status.as_ref()).is_some_and(|s| {
-            s.last_observed_resource_generation.values().any(|o| o.resource_version.as_deref() == Some(&last))
-        })
-    };
-    tokio::time::timeout(TIMEOUT, await_condition(workflows, "my-workflow", recorded))
-        .await
-        .expect("settles")
-        .unwrap();
+    // Settled once the last version is recorded.
+    record_where(&ns, "my-workflow", "the last version recorded", |_, record| {
+        recorded_versions(record) == [last.clone()]
+    })
+    .await;
 
     let fired = director.metric("kubeci_director_trigger_fired_total").await as usize;
     let wp_api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);

@@ -179,7 +179,9 @@ impl Install {
     /// Helm takes over the CRDs the harness installed, as it would on an upgrade from a manual
     /// install: with its ownership labels and annotations on them.
     fn adopt_crds(&self) {
-        for crd in ["workflows.kube.ci", "workplans.kube.ci", "requeststates.kube.ci"] {
+        for crd in
+            ["workflows.kube.ci", "workplans.kube.ci", "requeststates.kube.ci", "triggerrecords.kube.ci"]
+        {
             let env = TestEnv::get();
             run(env.kubectl().args([
                 "label",
@@ -281,6 +283,10 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
         (&director, "patch", "workflows.kube.ci#status", w),
         (&director, "create", "workplans.kube.ci", w),
         (&director, "delete", "workplans.kube.ci", w),
+        (&director, "list", "triggerrecords.kube.ci", w),
+        (&director, "create", "triggerrecords.kube.ci", w),
+        (&director, "patch", "triggerrecords.kube.ci", w),
+        (&director, "delete", "triggerrecords.kube.ci", w),
         (&director, "create", "events.events.k8s.io", w),
         (&director, "watch", "configmaps", w),
         (&director, "patch", "leases/kubeci-director", &ns),
@@ -313,6 +319,9 @@ async fn the_chart_installs_and_each_component_can_do_its_job_and_nothing_more()
         (&worker, "delete", "pods", w),
         (&worker, "create", "leases", w),
         (&worker, "list", "configmaps", w),
+        (&director, "update", "triggerrecords.kube.ci", w),
+        (&operator, "patch", "triggerrecords.kube.ci", w),
+        (&worker, "patch", "triggerrecords.kube.ci", w),
     ];
     for (account, verb, resource, namespace) in allowed {
         assert!(can(&ns, account, verb, resource, namespace), "{account} must be able to {verb} {resource}");

@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{RequestState, Workflow, Workplan};
+use crate::{RequestState, TriggerRecord, Workflow, Workplan};
 
 /// Every CRD of kubeci, in a stable order, with the file name each is committed under in `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -12,6 +12,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("workflows.yaml", unwrap_descriptions(Workflow::crd())),
         ("workplans.yaml", unwrap_descriptions(Workplan::crd())),
         ("requeststates.yaml", unwrap_descriptions(request_state())),
+        ("triggerrecords.yaml", unwrap_descriptions(TriggerRecord::crd())),
     ]
 }
 

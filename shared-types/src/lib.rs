@@ -1,5 +1,5 @@
-//! kubeci's contract in code: the `Workflow`, `Workplan` and `RequestState` custom resources
-//! (group `kube.ci`, version `v1alpha1`), the planner that compiles a Workflow's DAG into a
+//! kubeci's contract in code: the `Workflow`, `Workplan`, `RequestState` and `TriggerRecord`
+//! custom resources (group `kube.ci`, version `v1alpha1`), the planner that compiles a Workflow's DAG into a
 //! Workplan's tasks, and the rendering of one task as a pod.
 //!
 //! Everything here is pure: no API client, no runtime, no I/O. The binaries (director,
@@ -14,10 +14,12 @@ pub mod protocol;
 pub mod render;
 pub mod repo;
 pub mod request_state;
+pub mod trigger_record;
 pub mod workflow;
 pub mod workplan;
 
 pub use planner::{Invalid, Limits, Problem};
 pub use request_state::{HistoryEntry, Job, JobState, RequestState, RequestStateSpec, RequestStateStatus};
+pub use trigger_record::{TriggerRecord, TriggerRecordSpec};
 pub use workflow::{RecordedObject, Step, Trigger, Workflow, WorkflowSpec, WorkflowStatus, WorkplanCounts};
 pub use workplan::{EventKind, Phase, Task, TriggerEvent, Workplan, WorkplanSpec, WorkplanStatus};

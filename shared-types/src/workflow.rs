@@ -199,11 +199,9 @@ pub struct WorkflowStatus {
     #[serde(default, alias = "lastObservedGeneration", skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// The trigger record: the trigger objects the director has recorded, by uid: which object,
-    /// and its generation (or its resourceVersion for kinds without a generation, such as
-    /// ConfigMaps). An object fires only when this changes; a recorded object missing from a
-    /// re-list was deleted while the director was away and fires `onDelete` once. A granular map:
-    /// server-side apply owns each uid on its own.
+    /// Deprecated: where directors before the `TriggerRecord` kind kept the trigger record (the
+    /// trigger objects recorded, by uid). A director that finds it copies it into the Workflow's
+    /// TriggerRecord objects, without firing anything, and then removes it. Never written.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("x-kubernetes-map-type" = "granular"))]
     pub last_observed_resource_generation: BTreeMap<String, RecordedObject>,
@@ -212,6 +210,11 @@ pub struct WorkflowStatus {
     /// fire: `<apiVersion> <kind> <namespace>/<name or *> <selector>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baselined_triggers: Vec<String>,
+
+    /// The summary of the trigger record, which the director keeps in the Workflow's
+    /// TriggerRecord objects (`kubectl get triggerrecords -l kube.ci/workflow=NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_record: Option<TriggerRecordSummary>,
 
     /// The last value of the `kube.ci/run` annotation that started a manual run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,6 +247,17 @@ pub struct WorkflowStatus {
     /// `observedGeneration`, `lastManualRun`) advance only once a run's Workplan exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_runs: Option<PendingRuns>,
+}
+
+/// What a Workflow's trigger record holds, kept in its TriggerRecord objects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerRecordSummary {
+    /// Trigger objects recorded: those the triggers match, and any deleted whose `onDelete`
+    /// Workplan does not exist yet.
+    pub objects: i64,
+    /// TriggerRecord objects holding them (one per non-empty shard).
+    pub shards: i32,
 }
 
 /// The runs of a Workflow waiting for their Workplan.

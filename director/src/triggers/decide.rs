@@ -13,12 +13,23 @@
 //!
 //! A Deleted event always carries the recorded version, whichever way the deletion was noticed,
 //! so that the Workplan's deterministic name is the same when a crash makes it fire twice.
+//!
+//! Memory (issue 13: 100,000 matched objects in one director): an object's strings are
+//! reference-counted and shared between the watch's state and every record that holds the
+//! object: uid, name and resourceVersion are allocated once when the watch reports the object,
+//! the kind and namespace once per watch, and identical label sets once per watch. A record
+//! loaded from the API server gets its own copies, which the first listing replaces with the
+//! watch's ([`on_listed`] and [`on_applied`] swap them in when nothing changed). The record is
+//! kept in [`SHARDS`] maps by a hash of the uid, the layout it is saved in, so that saving the
+//! shard an event touched reads only that shard.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
-use shared_types::{EventKind, RecordedObject, Trigger, WorkflowStatus};
+use shared_types::trigger_record::{SHARDS, shard_of};
+use shared_types::{EventKind, RecordedObject, Trigger};
 
 /// One watch: objects of one kind in one namespace (or cluster-wide for cluster-scoped kinds).
 /// Discovery resolves the kind to its resource, so a trigger's optional `resource` is not part of
@@ -26,15 +37,15 @@ use shared_types::{EventKind, RecordedObject, Trigger, WorkflowStatus};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WatchKey {
     /// API version, for example `v1` or `apps/v1`.
-    pub api_version: String,
+    pub api_version: Arc<str>,
     /// Kind, for example `ConfigMap`.
-    pub kind: String,
+    pub kind: Arc<str>,
     /// The namespace watched.
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
 }
 
 impl WatchKey {
-    fn holds(&self, recorded: &RecordedObject) -> bool {
+    fn holds(&self, recorded: &Recorded) -> bool {
         // Cluster-scoped objects have no namespace, whatever namespace the trigger defaulted to.
         recorded.api_version == self.api_version
             && recorded.kind == self.kind
@@ -42,20 +53,21 @@ impl WatchKey {
     }
 }
 
-/// An object as a trigger watch reports it: metadata only.
+/// An object as a trigger watch reports it: metadata only, its strings shared (see the module
+/// docs).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct WatchedObject {
-    pub uid: String,
-    pub name: String,
-    pub namespace: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub uid: Arc<str>,
+    pub name: Arc<str>,
+    pub namespace: Option<Arc<str>>,
+    pub labels: Arc<BTreeMap<String, String>>,
     pub generation: Option<i64>,
-    pub resource_version: Option<String>,
+    pub resource_version: Option<Arc<str>>,
 }
 
 impl WatchedObject {
-    fn record(&self, key: &WatchKey) -> RecordedObject {
-        RecordedObject {
+    fn record(&self, key: &WatchKey) -> Recorded {
+        Recorded {
             api_version: key.api_version.clone(),
             kind: key.kind.clone(),
             namespace: self.namespace.clone(),
@@ -64,6 +76,62 @@ impl WatchedObject {
             generation: self.generation,
             resource_version: if self.generation.is_some() { None } else { self.resource_version.clone() },
         }
+    }
+}
+
+/// One object of a trigger record in memory: [`RecordedObject`] with shared strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub api_version: Arc<str>,
+    pub kind: Arc<str>,
+    pub namespace: Option<Arc<str>>,
+    pub name: Arc<str>,
+    pub generation: Option<i64>,
+    pub resource_version: Option<Arc<str>>,
+}
+
+impl Recorded {
+    /// The saved form.
+    pub fn to_saved(&self) -> RecordedObject {
+        RecordedObject {
+            api_version: self.api_version.to_string(),
+            kind: self.kind.to_string(),
+            namespace: self.namespace.as_deref().map(str::to_string),
+            name: self.name.to_string(),
+            generation: self.generation,
+            resource_version: self.resource_version.as_deref().map(str::to_string),
+        }
+    }
+
+    /// From the saved form; `intern` shares the strings many objects have in common.
+    pub fn from_saved(saved: RecordedObject, intern: &mut Interner) -> Recorded {
+        Recorded {
+            api_version: intern.get(&saved.api_version),
+            kind: intern.get(&saved.kind),
+            namespace: saved.namespace.as_deref().map(|ns| intern.get(ns)),
+            name: saved.name.into(),
+            generation: saved.generation,
+            resource_version: saved.resource_version.map(Into::into),
+        }
+    }
+
+    fn same_version(&self, other: &Recorded) -> bool {
+        self.generation == other.generation && self.resource_version == other.resource_version
+    }
+}
+
+/// Shares equal strings (kinds, API versions, namespaces) among the objects of a loaded record.
+#[derive(Default)]
+pub struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    pub fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(text) {
+            return found.clone();
+        }
+        let new: Arc<str> = text.into();
+        self.0.insert(new.clone());
+        new
     }
 }
 
@@ -88,9 +156,9 @@ impl Rule {
         Ok(Rule {
             identity: identity(trigger, &ns, &label_selector),
             key: WatchKey {
-                api_version: trigger.api_version.clone(),
-                kind: trigger.kind.clone(),
-                namespace: Some(ns),
+                api_version: trigger.api_version.as_str().into(),
+                kind: trigger.kind.as_str().into(),
+                namespace: Some(ns.into()),
             },
             name: trigger.name.clone(),
             selector,
@@ -100,7 +168,11 @@ impl Rule {
     }
 
     fn matches(&self, object: &WatchedObject) -> bool {
-        self.name.as_ref().is_none_or(|name| *name == object.name) && self.selector.matches(&object.labels)
+        self.names(&object.name) && self.selector.matches(&object.labels)
+    }
+
+    fn names(&self, name: &str) -> bool {
+        self.name.as_deref().is_none_or(|wanted| wanted == name)
     }
 }
 
@@ -110,35 +182,115 @@ fn identity(trigger: &Trigger, namespace: &str, selector: &LabelSelector) -> Str
     format!("{} {} {namespace}/{name} {{{selector}}}", trigger.api_version, trigger.kind)
 }
 
-/// What the director has recorded for one Workflow's triggers (kept in its status:
-/// `lastObservedResourceGeneration` and `baselinedTriggers`).
+/// One shard of a record: objects by uid.
+pub type Shard = BTreeMap<Arc<str>, Recorded>;
+
+/// What the director has recorded for one Workflow's triggers: the objects, kept in the
+/// Workflow's TriggerRecord objects (one per non-empty shard), and the baselined triggers, kept
+/// in its status (`baselinedTriggers`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TriggerRecord {
-    /// Recorded trigger objects by uid.
-    pub objects: BTreeMap<String, RecordedObject>,
+    /// Recorded trigger objects by shard, then by uid.
+    shards: BTreeMap<u32, Shard>,
+    len: usize,
     /// Identities of the triggers whose baseline is taken.
     pub baselined: BTreeSet<String>,
 }
 
 impl TriggerRecord {
-    /// The record kept in a Workflow's status.
-    pub fn from_status(status: Option<&WorkflowStatus>) -> TriggerRecord {
-        status.map_or_else(TriggerRecord::default, |status| TriggerRecord {
-            objects: status.last_observed_resource_generation.clone(),
-            baselined: status.baselined_triggers.iter().cloned().collect(),
-        })
+    pub fn get(&self, uid: &str) -> Option<&Recorded> {
+        self.shards.get(&shard_of(uid))?.get(uid)
     }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.get(uid).is_some()
+    }
+
+    /// Records `uid`, returning what was recorded for it before.
+    pub fn insert(&mut self, uid: Arc<str>, recorded: Recorded) -> Option<Recorded> {
+        let before = self.shards.entry(shard_of(&uid)).or_default().insert(uid, recorded);
+        if before.is_none() {
+            self.len += 1;
+        }
+        before
+    }
+
+    pub fn remove(&mut self, uid: &str) -> Option<Recorded> {
+        let index = shard_of(uid);
+        let shard = self.shards.get_mut(&index)?;
+        let removed = shard.remove(uid)?;
+        if shard.is_empty() {
+            self.shards.remove(&index);
+        }
+        self.len -= 1;
+        Some(removed)
+    }
+
+    /// How many objects are recorded.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Recorded)> {
+        self.shards.values().flatten()
+    }
+
+    /// The objects of shard `index` (empty when it holds none).
+    pub fn shard(&self, index: u32) -> Option<&Shard> {
+        self.shards.get(&index)
+    }
+
+    /// The shards that hold objects.
+    pub fn shard_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.shards.keys().copied()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<str>, &Recorded) -> bool) {
+        for shard in self.shards.values_mut() {
+            shard.retain(|uid, recorded| keep(uid, recorded));
+        }
+        self.shards.retain(|_, shard| !shard.is_empty());
+        self.len = self.shards.values().map(BTreeMap::len).sum();
+    }
+
+    /// Where the watch's copy of an unchanged object's strings can replace the record's own
+    /// (loaded from the API server), it does, so that each string is kept once.
+    fn share(&mut self, object: &WatchedObject) {
+        let Some(shard) = self.shards.get_mut(&shard_of(&object.uid)) else { return };
+        let Some((uid, recorded)) = shard.get_key_value(&object.uid) else { return };
+        if Arc::ptr_eq(uid, &object.uid) {
+            return; // shared already
+        }
+        let mut recorded = recorded.clone();
+        if recorded.name == object.name {
+            recorded.name = object.name.clone();
+        }
+        if recorded.resource_version.is_some() && recorded.resource_version == object.resource_version {
+            recorded.resource_version = object.resource_version.clone();
+        }
+        shard.remove(&object.uid);
+        shard.insert(object.uid.clone(), recorded);
+    }
+}
+
+/// Every shard index a record can use.
+pub fn all_shards() -> std::ops::Range<u32> {
+    0..SHARDS
 }
 
 /// An event that starts a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fire {
     pub event: EventKind,
-    pub uid: String,
-    pub object: RecordedObject,
+    pub uid: Arc<str>,
+    pub object: Recorded,
     /// What the record held for `uid` before this event: what is saved for it until the run's
     /// Workplan exists, so that a restart in between decides this event again.
-    pub previous: Option<RecordedObject>,
+    pub previous: Option<Recorded>,
 }
 
 /// The result of one decision: what fires and what changed in the record.
@@ -148,9 +300,9 @@ pub struct Outcome {
     /// Deliveries of a version already recorded.
     pub deduplicated: u64,
     /// Uids recorded or re-recorded.
-    pub recorded: Vec<String>,
+    pub recorded: Vec<Arc<str>>,
     /// Uids no longer recorded.
-    pub removed: Vec<String>,
+    pub removed: Vec<Arc<str>>,
     /// Whether a baseline was taken.
     pub baselined: bool,
 }
@@ -169,10 +321,8 @@ pub fn retain(rules: &[Rule], record: &mut TriggerRecord) -> Outcome {
     let before = record.baselined.len();
     record.baselined.retain(|id| identities.contains(id.as_str()));
     outcome.baselined = before != record.baselined.len();
-    record.objects.retain(|uid, recorded| {
-        let kept = rules
-            .iter()
-            .any(|r| r.key.holds(recorded) && r.name.as_ref().is_none_or(|n| *n == recorded.name));
+    record.retain(|uid, recorded| {
+        let kept = rules.iter().any(|r| r.key.holds(recorded) && r.names(&recorded.name));
         if !kept {
             outcome.removed.push(uid.clone());
         }
@@ -197,17 +347,15 @@ pub fn on_listed(
         for object in listed {
             applied(&baselined, key, record, object, &mut outcome);
         }
-        let present: HashSet<&str> = listed.iter().map(|o| o.uid.as_str()).collect();
-        let vanished: Vec<String> = record
-            .objects
+        let present: HashSet<&str> = listed.iter().map(|o| &*o.uid).collect();
+        let vanished: Vec<Arc<str>> = record
             .iter()
-            .filter(|(uid, recorded)| key.holds(recorded) && !present.contains(uid.as_str()))
+            .filter(|(uid, recorded)| key.holds(recorded) && !present.contains(&***uid))
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in vanished {
-            let recorded = record.objects.remove(&uid).expect("collected from the record");
-            let fires =
-                baselined.iter().any(|r| r.on_delete && r.name.as_ref().is_none_or(|n| *n == recorded.name));
+            let recorded = record.remove(&uid).expect("collected from the record");
+            let fires = baselined.iter().any(|r| r.on_delete && r.names(&recorded.name));
             if fires {
                 let previous = Some(recorded.clone());
                 outcome.fires.push(Fire {
@@ -223,8 +371,8 @@ pub fn on_listed(
 
     for rule in new {
         for object in listed.iter().filter(|o| rule.matches(o)) {
-            if !record.objects.contains_key(&object.uid) {
-                record.objects.insert(object.uid.clone(), object.record(key));
+            if !record.contains(&object.uid) {
+                record.insert(object.uid.clone(), object.record(key));
                 outcome.recorded.push(object.uid.clone());
             }
         }
@@ -256,14 +404,11 @@ pub fn on_deleted(
     object: &WatchedObject,
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    let Some(recorded) = record.objects.remove(&object.uid) else {
+    let Some(recorded) = record.remove(&object.uid) else {
         return outcome; // never matched, or already handled
     };
     let fires = rules.iter().any(|r| {
-        r.key == *key
-            && r.on_delete
-            && record.baselined.contains(&r.identity)
-            && r.name.as_ref().is_none_or(|n| *n == recorded.name)
+        r.key == *key && r.on_delete && record.baselined.contains(&r.identity) && r.names(&recorded.name)
     });
     if fires {
         let previous = Some(recorded.clone());
@@ -288,25 +433,23 @@ fn applied(
     let matching: Vec<&&Rule> = rules.iter().filter(|r| r.matches(object)).collect();
     if matching.is_empty() {
         // Out of the triggers' scope (say its labels changed): forget it, fire nothing.
-        if record.objects.remove(&object.uid).is_some() {
+        if record.remove(&object.uid).is_some() {
             outcome.removed.push(object.uid.clone());
         }
         return;
     }
     let recorded = object.record(key);
-    let previous = record.objects.get(&object.uid).cloned();
+    let previous = record.get(&object.uid).cloned();
     let event = match &previous {
-        Some(previous)
-            if previous.generation == recorded.generation
-                && previous.resource_version == recorded.resource_version =>
-        {
+        Some(previous) if previous.same_version(&recorded) => {
             outcome.deduplicated += 1;
+            record.share(object);
             return;
         }
         Some(_) => EventKind::Updated,
         None => EventKind::Added,
     };
-    record.objects.insert(object.uid.clone(), recorded.clone());
+    record.insert(object.uid.clone(), recorded.clone());
     outcome.recorded.push(object.uid.clone());
     if matching.iter().any(|r| r.on_add_or_update) {
         outcome.fires.push(Fire { event, uid: object.uid.clone(), object: recorded, previous });
@@ -348,7 +491,7 @@ mod tests {
             uid: uid.into(),
             name: name.into(),
             namespace: Some("ns".into()),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: Arc::new(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             generation: None,
             resource_version: Some(rv.into()),
         }
@@ -362,10 +505,11 @@ mod tests {
                 let version = f
                     .object
                     .resource_version
-                    .clone()
+                    .as_deref()
+                    .map(str::to_string)
                     .or(f.object.generation.map(|g| format!("g{g}")))
                     .unwrap_or_default();
-                (f.event, f.object.name.clone(), version)
+                (f.event, f.object.name.to_string(), version)
             })
             .collect()
     }
@@ -394,8 +538,8 @@ mod tests {
         );
         assert_eq!(fired(&outcome), vec![]);
         assert!(outcome.baselined);
-        assert_eq!(outcome.recorded, vec!["u1"]);
-        assert_eq!(record.objects["u1"].resource_version.as_deref(), Some("10"));
+        assert_eq!(outcome.recorded, vec![Arc::<str>::from("u1")]);
+        assert_eq!(record.get("u1").unwrap().resource_version.as_deref(), Some("10"));
         assert_eq!(record.baselined.len(), 1);
     }
 
@@ -479,7 +623,7 @@ mod tests {
         let only_delete = rules(&[trigger(None, &[], false, true)]);
         let mut record = baselined(&only_delete, &[]);
         let outcome = on_applied(&only_delete, &key(), &mut record, &cm("u1", "cfg", "1", &[]));
-        assert_eq!((fired(&outcome), outcome.recorded.clone()), (vec![], vec!["u1".to_string()]));
+        assert_eq!((fired(&outcome), outcome.recorded.clone()), (vec![], vec![Arc::<str>::from("u1")]));
         assert_eq!(
             fired(&on_deleted(&only_delete, &key(), &mut record, &cm("u1", "cfg", "2", &[]))).len(),
             1
@@ -488,7 +632,7 @@ mod tests {
         let only_update = rules(&[trigger(None, &[], true, false)]);
         let mut record = baselined(&only_update, &[cm("u1", "cfg", "1", &[])]);
         let outcome = on_deleted(&only_update, &key(), &mut record, &cm("u1", "cfg", "2", &[]));
-        assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec!["u1".to_string()]));
+        assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec![Arc::<str>::from("u1")]));
     }
 
     #[test]
@@ -510,7 +654,7 @@ mod tests {
         let rules = rules(&[trigger(None, &[("app", "web")], true, true)]);
         let mut record = baselined(&rules, &[cm("u1", "cfg", "1", &[("app", "web")])]);
         let outcome = on_applied(&rules, &key(), &mut record, &cm("u1", "cfg", "2", &[("app", "db")]));
-        assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec!["u1".to_string()]));
+        assert_eq!((fired(&outcome), outcome.removed.clone()), (vec![], vec![Arc::<str>::from("u1")]));
     }
 
     #[test]
@@ -531,7 +675,7 @@ mod tests {
         let outcome =
             on_listed(&both, &key(), &mut record, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
         assert_eq!(fired(&outcome), vec![], "b already existed when its trigger appeared");
-        assert!(record.objects.contains_key("ub"));
+        assert!(record.contains("ub"));
         let update = on_applied(&both, &key(), &mut record, &cm("ub", "b", "2", &[]));
         assert_eq!(fired(&update), vec![(EventKind::Updated, "b".into(), "2".into())]);
     }
@@ -542,7 +686,7 @@ mod tests {
         let mut record = baselined(&rules_ab, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);
         let only_a = rules(&[trigger(Some("a"), &[], true, true)]);
         let outcome = retain(&only_a, &mut record);
-        assert_eq!(outcome.removed, vec!["ub"]);
+        assert_eq!(outcome.removed, vec![Arc::<str>::from("ub")]);
         assert_eq!(record.baselined.len(), 1);
         // Nothing fires for b's deletion now.
         assert_eq!(fired(&on_deleted(&only_a, &key(), &mut record, &cm("ub", "b", "2", &[]))), vec![]);

@@ -15,8 +15,14 @@
 //! between are not observable), none for versions whose Workplan was created.
 //!
 //! Saves wait: while more messages are queued, the Workflows whose record (or pending runs)
-//! changed are only marked, and each is saved with one server-side apply once the queues are
-//! empty, so a burst of trigger events costs one write per Workflow instead of one per event.
+//! changed are only marked, with the shards of the record that changed, and each is saved once
+//! the queues are empty: the changed shards, then its status if what it shows changed
+//! ([`crate::records`]). A burst of trigger events costs one write per changed shard instead of
+//! one per event, and an event one small shard, whatever the number of matched objects.
+//!
+//! A Workflow's record is loaded by a task of its own when the engine first serves it (a list of
+//! its TriggerRecord objects); until it is loaded the Workflow is not served, and a load that
+//! fails is retried with back-off, so one Workflow's record never holds up another's events.
 //!
 //! The engine learns that a Workflow is gone from the director's one Workflow watch only
 //! ([`crate::stream`]): its Delete event, or its absence from a re-list.
@@ -30,30 +36,28 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::discovery::Scope;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use plumbing::kit::{Backoff, Events, Kinds};
-use shared_types::workflow::PendingRuns;
 use shared_types::{TriggerEvent, Workflow, Workplan};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::records::{Loaded, RecordStatus, Records, shard_of};
 use crate::workflow::Run;
 use crate::workplans::{self, Guarded};
 use decide::{Outcome, Rule, TriggerRecord, WatchKey, WatchedObject};
 use pending::{Caps, Gate, Handled, Pending, Reason, Source};
 use plumbing::kit::Synced;
 
-/// The field manager of the engine's server-side apply of the trigger record
-/// (`lastObservedResourceGeneration`, `baselinedTriggers`) and of `pendingRuns`.
-pub const FIELD_MANAGER: &str = "kubeci-director-triggers";
+pub use crate::records::FIELD_MANAGER;
 
 /// How long a created Workplan not yet in the Workplan cache still counts as unfinished for
 /// `concurrentRuns` (it shows up within a watch event's delay; this bounds one deleted before).
@@ -121,6 +125,7 @@ impl Engine {
         let state = EngineState {
             shared,
             workflows: HashMap::new(),
+            loading: HashMap::new(),
             watches: HashMap::new(),
             watch_tx,
             progress,
@@ -143,46 +148,6 @@ impl Engine {
     }
 }
 
-/// Where each Workflow's trigger record is kept. The engine loads a Workflow's record once, when
-/// it first serves it, and saves it after changes; nothing else reads or writes it. Today it is
-/// the Workflow's status (`lastObservedResourceGeneration`, `baselinedTriggers`), applied with the
-/// manager [`FIELD_MANAGER`] together with `pendingRuns`, which stays in the status wherever the
-/// record goes.
-#[derive(Clone)]
-pub struct Records {
-    client: Client,
-}
-
-impl Records {
-    pub fn new(client: Client) -> Records {
-        Records { client }
-    }
-
-    /// The record of `workflow` as last saved.
-    pub fn load(&self, workflow: &Workflow) -> TriggerRecord {
-        TriggerRecord::from_status(workflow.status.as_ref())
-    }
-
-    /// Saves the record of `workflow`, and what its status shows of its pending runs.
-    pub async fn save(
-        &self,
-        workflow: &Workflow,
-        record: &TriggerRecord,
-        pending: Option<&PendingRuns>,
-    ) -> kube::Result<()> {
-        let api: Api<Workflow> =
-            Api::namespaced(self.client.clone(), &workflow.namespace().unwrap_or_default());
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch_status(
-            &workflow.name_any(),
-            &params,
-            &Patch::Apply(record_apply(workflow, record, pending)),
-        )
-        .await
-        .map(|_| ())
-    }
-}
-
 /// What a trigger watch task reports.
 #[derive(Debug)]
 enum WatchEvent {
@@ -199,6 +164,12 @@ enum Progress {
         epoch: u64,
         name: String,
         result: kube::Result<Created>,
+    },
+    /// The record of `workflow` (with this uid) was loaded, or could not be.
+    Loaded {
+        workflow: ObjectRef<Workflow>,
+        uid: Option<String>,
+        result: kube::Result<Loaded>,
     },
     /// A cap's wait is over.
     Wake {
@@ -237,15 +208,20 @@ struct Served {
     starts: VecDeque<Instant>,
     /// Workplans created but not yet seen in the Workplan cache (for `concurrentRuns`).
     unseen: Vec<(String, Instant)>,
-    /// The saved record is behind: something besides pending runs changed.
-    dirty: bool,
-    /// The `pendingRuns` last saved.
-    saved_pending: Option<PendingRuns>,
+    /// Shards of the record whose saved form is behind.
+    dirty_shards: BTreeSet<u32>,
+    /// Objects per shard as last saved.
+    counts: BTreeMap<u32, usize>,
+    /// What the status showed when last saved; `None` until the first save of this serving,
+    /// which clears what an earlier director left in `pendingRuns`.
+    saved: Option<RecordStatus>,
 }
 
 impl Served {
-    fn new(workflow: Arc<Workflow>, rules: Vec<Rule>, record: TriggerRecord, epoch: u64) -> Served {
-        let saved_pending = workflow.status.as_ref().and_then(|s| s.pending_runs.clone());
+    fn new(workflow: Arc<Workflow>, rules: Vec<Rule>, loaded: Loaded, epoch: u64) -> Served {
+        let Loaded { record, counts, migrated } = loaded;
+        // Migrated from the status: every shard is written before the status drops the old map.
+        let dirty_shards = if migrated { record.shard_indices().collect() } else { BTreeSet::new() };
         Served {
             workflow,
             rules,
@@ -258,9 +234,26 @@ impl Served {
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             starts: VecDeque::new(),
             unseen: Vec::new(),
-            dirty: false,
-            saved_pending,
+            dirty_shards,
+            counts,
+            saved: None,
         }
+    }
+}
+
+/// A Workflow waiting for its record to load: the latest registration, kept until then.
+struct Loading {
+    uid: Option<String>,
+    workflow: Arc<Workflow>,
+    rules: Vec<Rule>,
+    own: Vec<Run>,
+    task: JoinHandle<()>,
+    backoff: Backoff,
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -275,12 +268,14 @@ impl Drop for Served {
 struct WatchState {
     task: JoinHandle<()>,
     /// The watch's objects by uid, once its first listing arrived.
-    objects: Option<BTreeMap<String, WatchedObject>>,
+    objects: Option<BTreeMap<Arc<str>, WatchedObject>>,
 }
 
 struct EngineState {
     shared: Shared,
     workflows: HashMap<ObjectRef<Workflow>, Served>,
+    /// Workflows whose record is being loaded, before they are served.
+    loading: HashMap<ObjectRef<Workflow>, Loading>,
     watches: HashMap<WatchKey, WatchState>,
     watch_tx: mpsc::UnboundedSender<WatchEvent>,
     progress: mpsc::UnboundedSender<Progress>,
@@ -331,7 +326,9 @@ impl EngineState {
                 self.forget(&key);
             }
             Command::Deleted { workflow, uid } => {
-                if self.workflows.get(&workflow).is_some_and(|served| served.workflow.uid() == uid) {
+                if self.workflows.get(&workflow).is_some_and(|served| served.workflow.uid() == uid)
+                    || self.loading.get(&workflow).is_some_and(|loading| loading.uid == uid)
+                {
                     tracing::info!(%workflow, "Workflow deleted: its triggers are no longer served");
                     self.forget(&workflow);
                 }
@@ -344,6 +341,12 @@ impl EngineState {
                         existing.get(*key).is_none_or(|uid| *uid != served.workflow.uid())
                     })
                     .map(|(key, _)| key.clone())
+                    .chain(
+                        self.loading
+                            .iter()
+                            .filter(|(key, loading)| existing.get(*key).is_none_or(|uid| *uid != loading.uid))
+                            .map(|(key, _)| key.clone()),
+                    )
                     .collect();
                 for workflow in gone {
                     tracing::info!(%workflow, "Workflow deleted while the watch was away: its triggers are no longer served");
@@ -359,6 +362,7 @@ impl EngineState {
     /// record once it is valid).
     fn forget(&mut self, workflow: &ObjectRef<Workflow>) {
         self.workflows.remove(workflow);
+        self.loading.remove(workflow); // aborts its load
         self.unsaved.remove(workflow);
         self.count_pending();
     }
@@ -384,17 +388,77 @@ impl EngineState {
                 same
             }
             _ => {
-                // First sight (or a restart): the saved record. Later the engine's record is
-                // newer than any the controller's cache holds.
-                let record = self.shared.records.load(&workflow);
-                self.epochs += 1;
-                self.workflows
-                    .insert(key.clone(), Served::new(workflow.clone(), rules.clone(), record, self.epochs));
-                // A restart clears what an earlier director left in pendingRuns.
-                self.unsaved.insert(key.clone());
-                false
+                // First sight (or a restart, or a Workflow re-created under its name): serve it
+                // once its saved record is loaded. Later the engine's record is newer than any
+                // saved one.
+                self.workflows.remove(&key);
+                self.unsaved.remove(&key);
+                match self.loading.get_mut(&key) {
+                    Some(loading) if loading.uid == workflow.uid() => {
+                        (loading.workflow, loading.rules, loading.own) = (workflow, rules, own);
+                    }
+                    _ => {
+                        let task = self.load(&key, &workflow, Duration::ZERO);
+                        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+                        let uid = workflow.uid();
+                        self.loading.insert(key, Loading { uid, workflow, rules, own, task, backoff });
+                    }
+                }
+                return;
             }
         };
+        self.serve(&key, rules, own, same_triggers);
+    }
+
+    /// Starts the task that loads the record of `workflow` after `delay`.
+    fn load(&self, key: &ObjectRef<Workflow>, workflow: &Arc<Workflow>, delay: Duration) -> JoinHandle<()> {
+        let (records, progress) = (self.shared.records.clone(), self.progress.clone());
+        let (key, workflow) = (key.clone(), workflow.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let result = records.load(&workflow).await;
+            let _ = progress.send(Progress::Loaded { workflow: key, uid: workflow.uid(), result });
+        })
+    }
+
+    /// The record of a Workflow waiting in `loading` was loaded (or not: tried again later).
+    fn loaded(&mut self, key: ObjectRef<Workflow>, uid: Option<String>, result: kube::Result<Loaded>) {
+        if self.loading.get(&key).is_none_or(|loading| loading.uid != uid) {
+            return; // forgotten, or another Workflow of the name
+        }
+        let loaded = match result {
+            Ok(loaded) => loaded,
+            Err(source) => {
+                let loading = self.loading.get_mut(&key).expect("checked above");
+                let delay = loading.backoff.next_delay();
+                let error = Error::LoadRecord { workflow: key.to_string(), source };
+                tracing::warn!(%error, ?delay, "could not load the trigger record; its triggers wait until it loads");
+                self.shared.metrics.error(&error);
+                let workflow = loading.workflow.clone();
+                let task = self.load(&key, &workflow, delay);
+                self.loading.get_mut(&key).expect("checked above").task = task;
+                return;
+            }
+        };
+        let loading = self.loading.remove(&key).expect("checked above");
+        let (workflow, rules, own) = (loading.workflow.clone(), loading.rules.clone(), loading.own.clone());
+        if loaded.migrated {
+            tracing::info!(workflow = %key, objects = loaded.record.len(), "moving the trigger record out of the Workflow's status");
+        }
+        self.epochs += 1;
+        self.workflows.insert(key.clone(), Served::new(workflow, rules.clone(), loaded, self.epochs));
+        // The first save writes the status: it clears what an earlier director left in
+        // pendingRuns, and the old form of the record.
+        self.unsaved.insert(key.clone());
+        self.serve(&key, rules, own, false);
+        self.stop_unused_watches();
+    }
+
+    /// Serves a registered Workflow whose record is loaded: its own runs, and, unless its
+    /// triggers are the ones it is served with already, the watches they need and what those
+    /// have listed.
+    fn serve(&mut self, key: &ObjectRef<Workflow>, rules: Vec<Rule>, own: Vec<Run>, same_triggers: bool) {
+        let key = key.clone();
         self.own_runs(&key, own);
         if !same_triggers {
             let served = self.workflows.get_mut(&key).expect("registered above");
@@ -498,13 +562,13 @@ impl EngineState {
             }
             let trigger = TriggerEvent {
                 event: fire.event,
-                api_version: Some(fire.object.api_version.clone()),
-                kind: Some(fire.object.kind.clone()),
-                namespace: fire.object.namespace.clone(),
-                name: Some(fire.object.name.clone()),
-                uid: Some(fire.uid.clone()),
+                api_version: Some(fire.object.api_version.to_string()),
+                kind: Some(fire.object.kind.to_string()),
+                namespace: fire.object.namespace.as_deref().map(str::to_string),
+                name: Some(fire.object.name.to_string()),
+                uid: Some(fire.uid.to_string()),
                 generation: fire.object.generation,
-                resource_version: fire.object.resource_version.clone(),
+                resource_version: fire.object.resource_version.as_deref().map(str::to_string),
                 run: None,
             };
             match shared_types::planner::plan(&workflow, trigger) {
@@ -525,11 +589,9 @@ impl EngineState {
             }
         }
         // A fired object's record advances only with its run; anything else changes it now.
-        if outcome.baselined
-            || !outcome.removed.is_empty()
-            || outcome.recorded.iter().any(|u| !queued.contains(u))
-        {
-            served.dirty = true;
+        let changed = outcome.recorded.iter().chain(&outcome.removed).filter(|uid| !queued.contains(*uid));
+        served.dirty_shards.extend(changed.map(|uid| shard_of(uid)));
+        if outcome.changed() {
             self.unsaved.insert(key.clone());
         }
         self.count_pending();
@@ -551,9 +613,9 @@ impl EngineState {
             // Suspended: nothing new starts; what was pending is dropped like every fire while
             // suspended, and the record advances past it.
             for run in served.queue.drain(..) {
-                if matches!(run.source, Source::Trigger { .. }) {
+                if let Source::Trigger { uid, .. } = &run.source {
                     self.shared.metrics.trigger_suspended.inc();
-                    served.dirty = true;
+                    served.dirty_shards.insert(shard_of(uid));
                 }
             }
             served.waiting = None;
@@ -621,6 +683,7 @@ impl EngineState {
                     self.dispatch(&key);
                 }
             }
+            Progress::Loaded { workflow, uid, result } => self.loaded(workflow, uid, result),
             Progress::Wake { workflow, epoch } => {
                 let Some(served) = self.workflows.get_mut(&workflow).filter(|s| s.epoch == epoch) else {
                     return;
@@ -664,8 +727,8 @@ impl EngineState {
             }
             Created::Existing => metrics.workplans_existing.inc(),
         }
-        if matches!(run.source, Source::Trigger { .. }) {
-            served.dirty = true;
+        if let Source::Trigger { uid, .. } = &run.source {
+            served.dirty_shards.insert(shard_of(uid));
         }
         served.failing = false;
         served.waiting = None;
@@ -701,26 +764,51 @@ impl EngineState {
         self.shared.metrics.workplans_pending.set(count as i64);
     }
 
-    /// Saves what changed since the last save, one apply per Workflow: the record as far as
-    /// its runs exist, and `pendingRuns`.
+    /// Saves what changed since the last save: per Workflow, the shards of its record that
+    /// changed (as far as their runs exist), then its status if what that shows changed.
     async fn save_unsaved(&mut self) {
         for key in std::mem::take(&mut self.unsaved) {
             let Some(served) = self.workflows.get_mut(&key) else { continue };
-            let summary = pending::summary(served.queue.iter(), served.waiting.as_ref());
-            if !served.dirty && summary == served.saved_pending {
+            let shards: Vec<(u32, decide::Shard)> = served
+                .dirty_shards
+                .iter()
+                .map(|&index| (index, pending::committed_shard(&served.record, index, &served.queue)))
+                .collect();
+            let mut counts = served.counts.clone();
+            for (index, objects) in &shards {
+                match objects.len() {
+                    0 => counts.remove(index),
+                    n => counts.insert(*index, n),
+                };
+            }
+            let status = RecordStatus {
+                baselined: served.record.baselined.iter().cloned().collect(),
+                summary: crate::records::summary(&counts),
+                pending: pending::summary(served.queue.iter(), served.waiting.as_ref()),
+            };
+            let status_changed = served.saved.as_ref() != Some(&status);
+            if shards.is_empty() && !status_changed {
                 continue;
             }
-            let record = pending::committed(&served.record, &served.queue);
-            match self.shared.records.save(&served.workflow, &record, summary.as_ref()).await {
+            let written = shards.len();
+            let result =
+                self.shared.records.save(&served.workflow, shards, status_changed.then_some(&status)).await;
+            match result {
                 Ok(()) => {
-                    served.dirty = false;
-                    served.saved_pending = summary;
+                    served.dirty_shards.clear();
+                    served.counts = counts;
+                    served.saved = Some(status);
+                    self.shared.metrics.trigger_record_writes.inc_by(written as u64);
+                    let objects: usize = self.workflows.values().flat_map(|s| s.counts.values()).sum();
+                    self.shared.metrics.trigger_record_objects.set(objects as i64);
                 }
                 // Deleted: the Workflow watch's Delete event is on its way.
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     tracing::debug!(workflow = %key, "Workflow gone before its trigger record was saved");
                 }
                 Err(source) => {
+                    // The shards stay marked: saved again with the next change (any change
+                    // of any Workflow, or its next registration, brings it here).
                     let error = Error::SaveRecord { workflow: key.to_string(), source };
                     tracing::warn!(%error, "could not save the trigger record; it is saved with the next change");
                     self.shared.metrics.error(&error);
@@ -764,32 +852,6 @@ pub async fn create(client: &Client, workplan: &Workplan) -> kube::Result<Create
     }
 }
 
-/// The server-side apply of a Workflow's whole trigger record and `pendingRuns`: the fields the
-/// engine's manager owns. Whole, because an apply removes the fields its manager owned before
-/// and leaves out (so `pendingRuns` goes once nothing is pending).
-pub fn record_apply(
-    workflow: &Workflow,
-    record: &TriggerRecord,
-    pending: Option<&PendingRuns>,
-) -> serde_json::Value {
-    let mut status = serde_json::json!({ "baselinedTriggers": record.baselined });
-    // An empty map is left out, which releases (and so removes) every uid the manager owned:
-    // applied as `{}`, the API server stores the emptied granular map as null, which its own
-    // schema then refuses (422) on this and every later apply.
-    if !record.objects.is_empty() {
-        status["lastObservedResourceGeneration"] = serde_json::to_value(&record.objects).expect("serializes");
-    }
-    if let Some(pending) = pending {
-        status["pendingRuns"] = serde_json::to_value(pending).expect("serializes");
-    }
-    serde_json::json!({
-        "apiVersion": Workflow::api_version(&()),
-        "kind": Workflow::kind(&()),
-        "metadata": { "name": workflow.name_any() },
-        "status": status,
-    })
-}
-
 /// One trigger watch: resolves the kind by discovery (retrying with back-off: a CRD may be
 /// installed after the Workflow), then reports complete listings (first list and every re-list)
 /// and single changes to the engine; the watcher restarts with back-off on errors.
@@ -799,8 +861,11 @@ async fn run_watch(shared: Shared, key: WatchKey, events: mpsc::UnboundedSender<
         match shared.kinds.resolve(&shared.client, &key.api_version, &key.kind).await {
             Ok(found) => break found,
             Err(source) => {
-                let error =
-                    Error::Discovery { api_version: key.api_version.clone(), kind: key.kind.clone(), source };
+                let error = Error::Discovery {
+                    api_version: key.api_version.to_string(),
+                    kind: key.kind.to_string(),
+                    source,
+                };
                 tracing::warn!(?key, %error, "cannot resolve the trigger's kind; retrying");
                 shared.metrics.error(&error);
                 backoff.wait().await;
@@ -808,7 +873,7 @@ async fn run_watch(shared: Shared, key: WatchKey, events: mpsc::UnboundedSender<
         }
     };
     let client = shared.client.clone();
-    let api: Api<PartialObjectMeta<DynamicObject>> = match (&scope, &key.namespace) {
+    let api: Api<PartialObjectMeta<DynamicObject>> = match (&scope, key.namespace.as_deref()) {
         (Scope::Namespaced, Some(namespace)) => Api::namespaced_with(client, namespace, &resource),
         _ => Api::all_with(client, &resource),
     };
@@ -823,19 +888,28 @@ async fn watch_objects(
 ) {
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
     let mut listing = Vec::new();
+    let mut labels = Labels::default();
     while let Some(event) = stream.next().await {
         let message = match event {
             Ok(watcher::Event::Init) => {
                 listing.clear();
+                labels.0.clear();
                 continue;
             }
             Ok(watcher::Event::InitApply(object)) => {
-                listing.push(watched(&object));
+                listing.push(watched(object, &key, &mut labels));
                 continue;
             }
-            Ok(watcher::Event::InitDone) => WatchEvent::Listed(key.clone(), std::mem::take(&mut listing)),
-            Ok(watcher::Event::Apply(object)) => WatchEvent::Applied(key.clone(), watched(&object)),
-            Ok(watcher::Event::Delete(object)) => WatchEvent::Deleted(key.clone(), watched(&object)),
+            Ok(watcher::Event::InitDone) => {
+                listing.shrink_to_fit();
+                WatchEvent::Listed(key.clone(), std::mem::take(&mut listing))
+            }
+            Ok(watcher::Event::Apply(object)) => {
+                WatchEvent::Applied(key.clone(), watched(object, &key, &mut labels))
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                WatchEvent::Deleted(key.clone(), watched(object, &key, &mut labels))
+            }
             Err(source) => {
                 let error = Error::TriggerWatch { watch: format!("{key:?}"), source };
                 tracing::warn!(%error, "trigger watch error; the watcher retries");
@@ -849,60 +923,42 @@ async fn watch_objects(
     }
 }
 
-fn watched(object: &PartialObjectMeta<DynamicObject>) -> WatchedObject {
-    let meta = object.meta();
-    WatchedObject {
-        uid: meta.uid.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-        namespace: meta.namespace.clone(),
-        labels: meta.labels.clone().unwrap_or_default(),
-        generation: meta.generation,
-        resource_version: meta.resource_version.clone(),
+/// The label sets of a watch's objects, each kept once: the objects a selector matches mostly
+/// share theirs. Emptied with each listing, and when it grows past [`Labels::MAX`] (objects
+/// whose labels are all different gain nothing from it).
+#[derive(Default)]
+struct Labels(HashSet<Arc<BTreeMap<String, String>>>);
+
+impl Labels {
+    const MAX: usize = 4096;
+
+    fn get(&mut self, labels: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+        if let Some(found) = self.0.get(&labels) {
+            return found.clone();
+        }
+        if self.0.len() >= Labels::MAX {
+            self.0.clear();
+        }
+        let labels = Arc::new(labels);
+        self.0.insert(labels.clone());
+        labels
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_record_is_applied_whole() {
-        let mut workflow: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
-        workflow.status = None;
-        let mut record = TriggerRecord::default();
-        record.baselined.insert("v1 ConfigMap ns/my-config {}".into());
-        record.objects.insert(
-            "u1".into(),
-            shared_types::RecordedObject {
-                api_version: "v1".into(),
-                kind: "ConfigMap".into(),
-                namespace: Some("ns".into()),
-                name: "my-config".into(),
-                generation: None,
-                resource_version: Some("7".into()),
-            },
-        );
-        let apply = record_apply(&workflow, &record, None);
-        assert_eq!(
-            apply,
-            serde_json::json!({
-                "apiVersion": "kube.ci/v1alpha1",
-                "kind": "Workflow",
-                "metadata": {"name": "my-workflow"},
-                "status": {
-                    "lastObservedResourceGeneration": {
-                        "u1": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "ns", "name": "my-config", "resourceVersion": "7"}
-                    },
-                    "baselinedTriggers": ["v1 ConfigMap ns/my-config {}"],
-                },
-            })
-        );
-        // An empty record is applied too: it releases (and so removes) what the manager owned.
-        let empty = record_apply(&workflow, &TriggerRecord::default(), None);
-        assert_eq!(empty["status"], serde_json::json!({"baselinedTriggers": []}));
-        // Pending runs are shown beside the record.
-        let pending = PendingRuns { count: 2, reason: Some("CreateFailed".into()), ..PendingRuns::default() };
-        let apply = record_apply(&workflow, &TriggerRecord::default(), Some(&pending));
-        assert_eq!(apply["status"]["pendingRuns"], serde_json::json!({"count": 2, "reason": "CreateFailed"}));
+/// An object as the engine keeps it: its strings allocated once here, and shared from here on
+/// (see [`decide`]'s module docs).
+fn watched(object: PartialObjectMeta<DynamicObject>, key: &WatchKey, labels: &mut Labels) -> WatchedObject {
+    let meta = object.metadata;
+    let namespace = match (meta.namespace, &key.namespace) {
+        (Some(ns), Some(watched)) if *ns == **watched => Some(watched.clone()),
+        (ns, _) => ns.map(Into::into),
+    };
+    WatchedObject {
+        uid: meta.uid.unwrap_or_default().into(),
+        name: meta.name.unwrap_or_default().into(),
+        namespace,
+        labels: labels.get(meta.labels.unwrap_or_default()),
+        generation: meta.generation,
+        resource_version: meta.resource_version.map(Into::into),
     }
 }

@@ -3,28 +3,30 @@
 //!
 //! A fired event stays in its Workflow's queue until its Workplan exists (created, or found
 //! existing). Until then the trigger record saved for the event's object is what it was before
-//! the event ([`committed`]), so a director that dies with events pending decides them again from
+//! the event ([`committed_shard`]), so a director that dies with events pending decides them again from
 //! the record and the objects as they are then. The pure parts live here: what the saved record
 //! is, what the status shows ([`summary`]), and whether the Workflow's caps let the next run
 //! start ([`gate`]); the engine in [`super`] does the I/O.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use prometheus::IntCounter;
+use shared_types::trigger_record::shard_of;
 use shared_types::workflow::PendingRuns;
-use shared_types::{EventKind, RecordedObject, Workflow, Workplan};
+use shared_types::{EventKind, Workflow, Workplan};
 
-use super::decide::TriggerRecord;
+use super::decide::{Recorded, Shard, TriggerRecord};
 
 /// Where a pending run comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
     /// A trigger object's event; `previous` is what the record held for `uid` before it.
-    Trigger { uid: String, previous: Option<RecordedObject> },
+    Trigger { uid: Arc<str>, previous: Option<Recorded> },
     /// The Workflow's own run (its generation without triggers, or a manual run): the
     /// controller re-derives it from the Workflow's status, so nothing is recorded for it here.
     Own,
@@ -77,23 +79,24 @@ impl Reason {
     }
 }
 
-/// The record to save while `pending` runs wait: `record` (the engine's, which already holds
-/// every decided event) with each object that has a pending run put back to what it was before
-/// its oldest pending run.
-pub fn committed<'a>(
+/// Shard `index` of the record to save while `pending` runs wait: the shard of `record` (the
+/// engine's, which already holds every decided event) with each object that has a pending run
+/// put back to what it was before its oldest pending run. Reads that one shard and the queue.
+pub fn committed_shard<'a>(
     record: &TriggerRecord,
+    index: u32,
     pending: impl IntoIterator<Item = &'a Pending>,
-) -> TriggerRecord {
-    let mut committed = record.clone();
+) -> Shard {
+    let mut committed = record.shard(index).cloned().unwrap_or_default();
     let mut seen = BTreeSet::new();
     for run in pending {
         let Source::Trigger { uid, previous } = &run.source else { continue };
-        if !seen.insert(uid.as_str()) {
-            continue; // its oldest pending run decides
+        if shard_of(uid) != index || !seen.insert(uid.clone()) {
+            continue; // another shard's, or its oldest pending run decides
         }
         match previous {
-            Some(previous) => committed.objects.insert(uid.clone(), previous.clone()),
-            None => committed.objects.remove(uid),
+            Some(previous) => committed.insert(uid.clone(), previous.clone()),
+            None => committed.remove(uid),
         };
     }
     committed
@@ -169,8 +172,8 @@ mod tests {
     use pretty_assertions::assert_eq;
     use shared_types::WorkplanSpec;
 
-    fn object(rv: &str) -> RecordedObject {
-        RecordedObject {
+    fn object(rv: &str) -> Recorded {
+        Recorded {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
             namespace: Some("ns".into()),
@@ -197,20 +200,38 @@ mod tests {
         }
     }
 
+    /// The whole record as saved: every shard's committed form.
+    fn committed(record: &TriggerRecord, pending: &[Pending]) -> Shard {
+        crate::triggers::decide::all_shards().flat_map(|i| committed_shard(record, i, pending)).collect()
+    }
+
+    fn record(objects: &[(&str, &str)]) -> TriggerRecord {
+        let mut record = TriggerRecord::default();
+        for (uid, rv) in objects {
+            record.insert((*uid).into(), object(rv));
+        }
+        record
+    }
+
     #[test]
     fn the_saved_record_holds_each_object_before_its_oldest_pending_run() {
-        let mut record = TriggerRecord::default();
-        record.objects.insert("a".into(), object("3")); // decided: 1 → 2 → 3, 2 and 3 pending
-        record.objects.insert("b".into(), object("9")); // added, pending
-        record.objects.insert("c".into(), object("5")); // nothing pending
+        // a decided: 1 → 2 → 3, 2 and 3 pending; b added, pending; c: nothing pending.
+        let record = record(&[("a", "3"), ("b", "9"), ("c", "5")]);
         let queue = [pending("a", Some("1")), pending("b", None), pending("a", Some("2"))];
         let saved = committed(&record, &queue);
-        assert_eq!(saved.objects.get("a"), Some(&object("1")));
-        assert_eq!(saved.objects.get("b"), None, "an added object is not recorded before its run exists");
-        assert_eq!(saved.objects.get("c"), Some(&object("5")));
+        assert_eq!(saved.get("a"), Some(&object("1")));
+        assert_eq!(saved.get("b"), None, "an added object is not recorded before its run exists");
+        assert_eq!(saved.get("c"), Some(&object("5")));
         // Its first run exists: the record advances to the version that run was for.
-        assert_eq!(committed(&record, &queue[1..]).objects.get("a"), Some(&object("2")));
-        assert_eq!(committed(&record, &[]), record);
+        assert_eq!(committed(&record, &queue[1..]).get("a"), Some(&object("2")));
+        let all: Shard = record.iter().map(|(uid, o)| (uid.clone(), o.clone())).collect();
+        assert_eq!(committed(&record, &[]), all);
+        // A shard's saved form reads only its own pending runs.
+        let a = shard_of("a");
+        assert_eq!(committed_shard(&record, a, &queue).get("a"), Some(&object("1")));
+        if shard_of("c") != a {
+            assert_eq!(committed_shard(&record, a, &queue).get("c"), None);
+        }
     }
 
     #[test]
@@ -218,7 +239,7 @@ mod tests {
         let record = TriggerRecord::default(); // the deletion removed it
         let mut run = pending("a", Some("4"));
         run.event = EventKind::Deleted;
-        assert_eq!(committed(&record, &[run]).objects.get("a"), Some(&object("4")));
+        assert_eq!(committed(&record, &[run]).get("a"), Some(&object("4")));
     }
 
     #[test]

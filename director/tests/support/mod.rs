@@ -8,21 +8,25 @@ use std::time::Duration;
 use e2e::{TestEnv, TestNamespace};
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota, ResourceQuotaSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
-use shared_types::{EventKind, TriggerEvent, Workflow, Workplan};
+use shared_types::{EventKind, RecordedObject, TriggerEvent, TriggerRecord, Workflow, Workplan};
 
 pub use e2e::eventually;
 
 pub use e2e::Component as Director;
 
-/// Starts the real `director` for Workflows of `namespace`, with its lease there too.
+/// Starts the real `director` for Workflows of `namespace`, with its lease there too. The binary
+/// is this build's, or the one `KUBECI_DIRECTOR_UNDER_TEST` names: how a test is run against an
+/// older director, to show that it fails there.
 pub fn start_director(namespace: &str, leader_election: bool) -> Director {
     let mut args = vec!["--lease-namespace", namespace];
     if !leader_election {
         args.push("--no-leader-election");
     }
-    Director::start(env!("CARGO_BIN_EXE_director"), namespace, &args)
+    let binary = std::env::var("KUBECI_DIRECTOR_UNDER_TEST");
+    Director::start(binary.as_deref().unwrap_or(env!("CARGO_BIN_EXE_director")), namespace, &args)
 }
 
 pub async fn workplans(api: &Api<Workplan>) -> Vec<Workplan> {
@@ -140,13 +144,44 @@ pub async fn workflow_where(
         .unwrap()
 }
 
-/// The resourceVersions of the trigger objects a Workflow's saved record holds.
-pub fn recorded_versions(wf: &Workflow) -> Vec<String> {
-    wf.status
-        .iter()
-        .flat_map(|s| s.last_observed_resource_generation.values())
-        .filter_map(|o| o.resource_version.clone())
+/// A Workflow's saved trigger record: the objects its TriggerRecord objects hold, by uid.
+pub type Record = BTreeMap<String, RecordedObject>;
+
+/// The trigger record saved for `wf`: the objects of the TriggerRecord objects it owns.
+pub async fn saved_record(ns: &TestNamespace, wf: &Workflow) -> Record {
+    let api: Api<TriggerRecord> = Api::namespaced(ns.client.clone(), &ns.name);
+    let params = ListParams::default().labels(&format!("kube.ci/workflow={}", wf.name_any()));
+    let uid = wf.uid().unwrap_or_default();
+    api.list(&params)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|shard| shard.owner_references().iter().any(|owner| owner.uid == uid))
+        .flat_map(|shard| shard.spec.objects)
         .collect()
+}
+
+/// Waits until Workflow `name` and its saved trigger record satisfy `condition`, and returns
+/// both. The record's shards are saved before the status that counts them.
+pub async fn record_where(
+    ns: &TestNamespace,
+    name: &str,
+    what: &str,
+    condition: impl Fn(&Workflow, &Record) -> bool,
+) -> (Workflow, Record) {
+    let api: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually(what, TIMEOUT, || async {
+        let wf = api.get(name).await.ok()?;
+        let record = saved_record(ns, &wf).await;
+        condition(&wf, &record).then_some((wf, record))
+    })
+    .await
+}
+
+/// The resourceVersions of the trigger objects a saved record holds.
+pub fn recorded_versions(record: &Record) -> Vec<String> {
+    record.values().filter_map(|o| o.resource_version.clone()).collect()
 }
 
 const QUOTA: &str = "no-workplans";
