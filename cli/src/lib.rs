@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod graph;
+pub mod logs;
 pub mod plan;
 pub mod status;
 
@@ -54,6 +55,15 @@ pub enum Command {
     /// and duration. A bare `NAME` is looked up as a Workplan, then as a Workflow.
     Get(GetArgs),
 
+    /// Print the log of every step of a run (Workplan) in execution order, each line prefixed
+    /// with `[step]`.
+    ///
+    /// Serial steps one after the other, then the task's parallel steps with their lines
+    /// interleaved as they come; finished pods included. With `-f`, follows live from the first
+    /// step to the last, waiting for pods that do not exist yet, and ends when the Workplan
+    /// ends (its final phase goes to stderr).
+    Logs(LogsArgs),
+
     /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
     Completion {
         #[arg(value_enum)]
@@ -85,6 +95,21 @@ pub struct GetArgs {
     /// Output format: the tree as text, or the same tree as data.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = GetOutput::Text)]
     pub output: GetOutput,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// The Workplan: `NAME` or `wp/NAME`.
+    #[arg(value_name = "WORKPLAN")]
+    pub workplan: String,
+
+    /// Only this step's log.
+    #[arg(long, value_name = "STEP")]
+    pub step: Option<String>,
+
+    /// Follow the run live until it ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 /// Output formats of `get`.
@@ -129,6 +154,14 @@ pub enum Error {
     Ambiguous(String),
     #[error("error: no Workplan or Workflow {name:?} in namespace {namespace:?}")]
     NeitherFound { name: String, namespace: String },
+    #[error("error: Workplan {workplan} has no step {step:?} (its steps: {steps})")]
+    NoSuchStep { workplan: String, step: String, steps: String },
+    #[error("error: Workplan {workplan} was deleted while following step {step}")]
+    WorkplanDeleted { workplan: String, step: String },
+    #[error("error: pod {pod} of Workplan {workplan} was deleted while following step {step}")]
+    PodDeleted { pod: String, workplan: String, step: String },
+    #[error("error: the watch of Workplan {0} ended")]
+    WatchEnded(String),
     #[error("error: writing the output: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -142,6 +175,12 @@ pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Resu
         }
         Command::Graph(graph) => run_graph(args, graph, stdin, out).await?,
         Command::Get(get) => run_get(args, get, out).await?,
+        Command::Logs(logs) => {
+            let name = object_name(&logs.workplan, WORKPLAN_TYPES, "Workplan", "wp")?;
+            let cluster = args.cluster.connect().await?;
+            logs::logs(&cluster, name, logs.step.as_deref(), logs.follow, out, &mut std::io::stderr())
+                .await?;
+        }
         Command::Completion { shell } => {
             clap_complete::generate(*shell, &mut Args::command(), "kubectl-kubeci", out);
         }

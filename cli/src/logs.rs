@@ -1,0 +1,517 @@
+//! `logs`: every step's log in execution order, each line prefixed by its step.
+//!
+//! A run is a sequence of stages: for each task, its serial steps one by one (init containers),
+//! then its parallel steps together (containers, their lines interleaved as they come). Which
+//! container can be read, must be waited for or will never run is decided by [`readiness`] from a
+//! [`Snapshot`] of the Workplan and its pods; with `-f` the snapshot is kept current by watches
+//! (no polling) and the command waits for pods that do not exist yet, up to the end of the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, LogParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use shared_types::{Workplan, labels};
+use tokio::sync::{mpsc, watch};
+
+use crate::graph::Mode;
+use crate::{Cluster, Error};
+
+/// What is known of a run at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// `None` once the Workplan was deleted.
+    pub workplan: Option<Workplan>,
+    /// The run's pods by name.
+    pub pods: BTreeMap<String, Pod>,
+    /// Pods seen and then deleted.
+    pub deleted: BTreeSet<String>,
+}
+
+/// One step to read: its task, name and whether it is an init container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRef {
+    pub task: usize,
+    pub name: String,
+    pub mode: Mode,
+}
+
+/// Whether a step's log can be read now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Not yet: `why` says what it waits for.
+    Wait { why: String },
+    /// The container has started: read `pod`.
+    Read { pod: String },
+    /// It will never run: an earlier step failed or the run ended without it.
+    Skip,
+}
+
+/// The stages of `workplan` in execution order, or only `step`'s. An unknown step is an error
+/// naming the Workplan and its steps.
+pub fn stages(workplan: &Workplan, step: Option<&str>) -> Result<Vec<Vec<StepRef>>, Error> {
+    let mut stages = Vec::new();
+    for (task, t) in workplan.spec.tasks.iter().enumerate() {
+        let step_ref = |name: &str, mode| StepRef { task, name: name.to_string(), mode };
+        for s in &t.serial_steps {
+            stages.push(vec![step_ref(&s.name, Mode::Serial)]);
+        }
+        stages.push(t.parallel_steps.iter().map(|s| step_ref(&s.name, Mode::Parallel)).collect());
+    }
+    let Some(wanted) = step else { return Ok(stages) };
+    let all: Vec<StepRef> = stages.into_iter().flatten().collect();
+    match all.iter().find(|s| s.name == wanted) {
+        Some(found) => Ok(vec![vec![found.clone()]]),
+        None => Err(Error::NoSuchStep {
+            workplan: name_of(workplan),
+            step: wanted.to_string(),
+            steps: all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+fn name_of(workplan: &Workplan) -> String {
+    format!(
+        "{}/{}",
+        workplan.metadata.namespace.as_deref().unwrap_or_default(),
+        workplan.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn task_pod(snapshot: &Snapshot, task: usize) -> Option<&Pod> {
+    snapshot.pods.values().find(|p| {
+        p.metadata.labels.as_ref().and_then(|l| l.get(labels::TASK)).is_some_and(|t| *t == task.to_string())
+    })
+}
+
+fn pod_name(workplan: &str, task: usize) -> String {
+    shared_types::render::task_pod_name(workplan, task)
+}
+
+fn container_state(pod: &Pod, step: &StepRef) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+    let status = pod.status.as_ref()?;
+    let containers = match step.mode {
+        Mode::Serial => status.init_container_statuses.as_ref(),
+        Mode::Parallel => status.container_statuses.as_ref(),
+    }?;
+    containers.iter().find(|c| c.name == step.name)?.state.clone()
+}
+
+fn pod_finished(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+fn check_deleted(snapshot: &Snapshot, name: &str, step: &StepRef) -> Result<(), Error> {
+    let Some(workplan) = &snapshot.workplan else {
+        return Err(Error::WorkplanDeleted { workplan: name.to_string(), step: step.name.clone() });
+    };
+    let pod = pod_name(workplan.metadata.name.as_deref().unwrap_or_default(), step.task);
+    let deleting = task_pod(snapshot, step.task).is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+    if deleting || snapshot.deleted.contains(&pod) {
+        return Err(Error::PodDeleted { pod, workplan: name.to_string(), step: step.name.clone() });
+    }
+    Ok(())
+}
+
+/// Whether `step`'s log can be read in `snapshot`; an error when the Workplan or the step's pod
+/// was deleted.
+pub fn readiness(snapshot: &Snapshot, name: &str, step: &StepRef) -> Result<Ready, Error> {
+    check_deleted(snapshot, name, step)?;
+    let workplan = snapshot.workplan.as_ref().expect("checked above");
+    let finished = workplan.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished());
+    let pod_name = pod_name(workplan.metadata.name.as_deref().unwrap_or_default(), step.task);
+    let Some(pod) = task_pod(snapshot, step.task) else {
+        return Ok(if finished {
+            Ready::Skip
+        } else {
+            Ready::Wait { why: format!("waiting for pod {pod_name} (task-{})", step.task) }
+        });
+    };
+    let state = container_state(pod, step);
+    let started = state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+    Ok(match started {
+        true => Ready::Read { pod: pod.metadata.name.clone().unwrap_or(pod_name) },
+        false if pod_finished(pod) || finished => Ready::Skip,
+        false => {
+            let reason = state.and_then(|s| s.waiting).and_then(|w| w.reason);
+            Ready::Wait {
+                why: match reason {
+                    Some(reason) => {
+                        format!("waiting for step {} to start in pod {pod_name} ({reason})", step.name)
+                    }
+                    None => format!("waiting for step {} to start in pod {pod_name}", step.name),
+                },
+            }
+        }
+    })
+}
+
+/// Whether `step` has ended in `snapshot` (its log is complete); an error when its pod or the
+/// Workplan was deleted.
+pub fn ended(snapshot: &Snapshot, name: &str, step: &StepRef) -> Result<bool, Error> {
+    check_deleted(snapshot, name, step)?;
+    Ok(task_pod(snapshot, step.task).is_none_or(|pod| {
+        pod_finished(pod) || container_state(pod, step).is_some_and(|s| s.terminated.is_some())
+    }))
+}
+
+/// Prints the logs of `name` (or of its step `step`) to `out`; with `follow`, live until the
+/// run ends.
+pub async fn logs(
+    cluster: &Cluster,
+    name: &str,
+    step: Option<&str>,
+    follow: bool,
+    out: &mut dyn Write,
+    progress: &mut dyn Write,
+) -> Result<(), Error> {
+    let workplan: Workplan = cluster.get(name).await?;
+    let stages = stages(&workplan, step)?;
+    let full_name = name_of(&workplan);
+    let (tx, rx) = watch::channel(Snapshot { workplan: Some(workplan), ..Snapshot::default() });
+    let watches = if follow {
+        Some(tokio::spawn(keep_current(cluster.clone(), name.to_string(), tx)))
+    } else {
+        let pods = cluster
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&format!("{}={name}", labels::WORKPLAN)))
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("listing the pods of Workplan {full_name}"),
+                source,
+            })?;
+        tx.send_modify(|s| {
+            s.pods =
+                pods.items.into_iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect()
+        });
+        None
+    };
+    let reader = Reader { pods: cluster.api::<Pod>(), name: full_name.clone(), follow };
+    let result = async {
+        for stage in &stages {
+            reader.stage(stage, rx.clone(), out, progress).await?;
+        }
+        if follow {
+            // The run ends when the Workplan reaches its final phase, after the cleanup.
+            let mut rx = rx.clone();
+            let last = rx
+                .wait_for(|s| {
+                    s.workplan.as_ref().is_none_or(|w| {
+                        w.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished())
+                    })
+                })
+                .await
+                .map_err(|_| Error::WatchEnded(full_name.clone()))?
+                .clone();
+            match last.workplan.and_then(|w| w.status) {
+                Some(status) => {
+                    let phase = format!("{:?}", status.phase.unwrap_or_default());
+                    let reason = status.reason.map(|r| format!(": {r}")).unwrap_or_default();
+                    let _ = writeln!(progress, "Workplan {full_name} {phase}{reason}");
+                }
+                None => {
+                    return Err(Error::WorkplanDeleted {
+                        workplan: full_name.clone(),
+                        step: "(the end of the run)".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Some(watches) = watches {
+        watches.abort();
+    }
+    result
+}
+
+struct Reader {
+    pods: Api<Pod>,
+    name: String,
+    follow: bool,
+}
+
+impl Reader {
+    /// Reads every step of a stage, their lines interleaved as they come.
+    async fn stage(
+        &self,
+        stage: &[StepRef],
+        rx: watch::Receiver<Snapshot>,
+        out: &mut dyn Write,
+        progress: &mut dyn Write,
+    ) -> Result<(), Error> {
+        let (lines, mut incoming) = mpsc::unbounded_channel::<Line>();
+        let steps = futures::future::try_join_all(
+            stage.iter().map(|step| self.step(step, rx.clone(), lines.clone())),
+        );
+        drop(lines);
+        let print = async {
+            while let Some(line) = incoming.recv().await {
+                match line {
+                    Line::Log(text) => writeln!(out, "{text}")?,
+                    Line::Progress(text) => writeln!(progress, "{text}")?,
+                }
+                out.flush()?;
+            }
+            Ok::<_, Error>(())
+        };
+        let (steps, printed) = futures::join!(steps, print);
+        steps?;
+        printed
+    }
+
+    async fn step(
+        &self,
+        step: &StepRef,
+        mut rx: watch::Receiver<Snapshot>,
+        lines: mpsc::UnboundedSender<Line>,
+    ) -> Result<(), Error> {
+        let mut said = None;
+        let pod = loop {
+            let ready = readiness(&rx.borrow_and_update(), &self.name, step)?;
+            match ready {
+                Ready::Read { pod } => break pod,
+                Ready::Skip => return Ok(()),
+                Ready::Wait { .. } if !self.follow => return Ok(()),
+                Ready::Wait { why } => {
+                    if said.as_ref() != Some(&why) {
+                        let _ = lines.send(Line::Progress(why.clone()));
+                        said = Some(why);
+                    }
+                    rx.changed().await.map_err(|_| Error::WatchEnded(self.name.clone()))?;
+                }
+            }
+        };
+        let params =
+            LogParams { container: Some(step.name.clone()), follow: self.follow, ..LogParams::default() };
+        let what = || format!("reading the log of step {} (pod {pod}) of Workplan {}", step.name, self.name);
+        let stream = self.pods.log_stream(&pod, &params).await;
+        let stream = match stream {
+            Ok(stream) => stream,
+            // Deleted between the snapshot and the request: say so rather than 404.
+            Err(_) if check_deleted(&rx.borrow(), &self.name, step).is_err() => {
+                return check_deleted(&rx.borrow(), &self.name, step);
+            }
+            Err(source) => return Err(Error::Kube { what: what(), source }),
+        };
+        let mut stream_lines = stream.lines();
+        loop {
+            match stream_lines.try_next().await {
+                Ok(Some(line)) => {
+                    let _ = lines.send(Line::Log(format!("[{}] {line}", step.name)));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    check_deleted(&rx.borrow(), &self.name, step)?;
+                    return Err(Error::Kube { what: what(), source: kube::Error::ReadEvents(e) });
+                }
+            }
+        }
+        if self.follow {
+            // The stream ends with the container (or the connection): wait until the pod says the
+            // step ended, so that a deleted pod is reported instead of passed over.
+            loop {
+                if ended(&rx.borrow_and_update(), &self.name, step)? {
+                    break;
+                }
+                rx.changed().await.map_err(|_| Error::WatchEnded(self.name.clone()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Line {
+    Log(String),
+    Progress(String),
+}
+
+/// Keeps `tx` current from a watch of the Workplan and one of its pods.
+async fn keep_current(cluster: Cluster, name: String, tx: watch::Sender<Snapshot>) {
+    let workplans = watcher::watcher(
+        cluster.api::<Workplan>(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff();
+    let pods = watcher::watcher(
+        cluster.api::<Pod>(),
+        watcher::Config::default().labels(&format!("{}={name}", labels::WORKPLAN)),
+    )
+    .default_backoff();
+    let (mut workplans, mut pods) = (std::pin::pin!(workplans), std::pin::pin!(pods));
+    let mut relisting: Option<BTreeMap<String, Pod>> = None;
+    let mut workplan_seen = false;
+    loop {
+        tokio::select! {
+            Some(event) = workplans.next() => on_workplan(event, &tx, &mut workplan_seen),
+            Some(event) = pods.next() => on_pod(event, &tx, &mut relisting),
+            else => break,
+        }
+    }
+}
+
+fn on_workplan(
+    event: Result<Event<Workplan>, watcher::Error>,
+    tx: &watch::Sender<Snapshot>,
+    seen: &mut bool,
+) {
+    match event {
+        Ok(Event::Apply(wp) | Event::InitApply(wp)) => {
+            *seen = true;
+            tx.send_modify(|s| s.workplan = Some(wp));
+        }
+        Ok(Event::Delete(_)) => tx.send_modify(|s| s.workplan = None),
+        Ok(Event::Init) => *seen = false,
+        Ok(Event::InitDone) if !*seen => tx.send_modify(|s| s.workplan = None),
+        // The watcher retries with back-off; nothing to show meanwhile.
+        _ => {}
+    }
+}
+
+fn on_pod(
+    event: Result<Event<Pod>, watcher::Error>,
+    tx: &watch::Sender<Snapshot>,
+    relisting: &mut Option<BTreeMap<String, Pod>>,
+) {
+    let name = |pod: &Pod| pod.metadata.name.clone().unwrap_or_default();
+    match event {
+        Ok(Event::Apply(pod)) => tx.send_modify(|s| {
+            s.pods.insert(name(&pod), pod);
+        }),
+        Ok(Event::Delete(pod)) => tx.send_modify(|s| {
+            s.pods.remove(&name(&pod));
+            s.deleted.insert(name(&pod));
+        }),
+        Ok(Event::Init) => *relisting = Some(BTreeMap::new()),
+        Ok(Event::InitApply(pod)) => {
+            relisting.get_or_insert_default().insert(name(&pod), pod);
+        }
+        Ok(Event::InitDone) => {
+            let fresh = relisting.take().unwrap_or_default();
+            tx.send_modify(|s| {
+                // Pods a re-list no longer has were deleted while the watch was down.
+                let gone: Vec<String> = s.pods.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
+                s.deleted.extend(gone);
+                s.pods = fresh;
+            });
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+    use shared_types::{TriggerEvent, Workflow, planner};
+
+    fn seed() -> Workplan {
+        let workflow: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+        let mut wp = planner::plan(&workflow, TriggerEvent::manual(None)).unwrap();
+        wp.metadata.name = Some("wp".into());
+        wp
+    }
+
+    fn pod(task: usize, status: &str) -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: wp-task-{task}, labels: {{kube.ci/task: '{task}'}}}}\nstatus: {status}"
+        ))
+        .unwrap()
+    }
+
+    fn snapshot(wp: Workplan, pods: Vec<Pod>) -> Snapshot {
+        Snapshot {
+            workplan: Some(wp),
+            pods: pods.into_iter().map(|p| (p.metadata.name.clone().unwrap(), p)).collect(),
+            deleted: BTreeSet::new(),
+        }
+    }
+
+    fn step(task: usize, name: &str, mode: Mode) -> StepRef {
+        StepRef { task, name: name.into(), mode }
+    }
+
+    #[test]
+    fn stages_follow_execution_order_and_a_step_can_be_chosen() {
+        let names: Vec<Vec<String>> = stages(&seed(), None)
+            .unwrap()
+            .iter()
+            .map(|s| s.iter().map(|r| r.name.clone()).collect())
+            .collect();
+        assert_eq!(names, [vec!["step-1"], vec!["step-2", "step-3"], vec!["step-4"], vec!["step-5"]]);
+        assert_eq!(stages(&seed(), Some("step-4")).unwrap(), [vec![step(1, "step-4", Mode::Serial)]]);
+        assert_eq!(
+            stages(&seed(), Some("step-9")).unwrap_err().to_string(),
+            "error: Workplan default/wp has no step \"step-9\" (its steps: step-1, step-2, step-3, step-4, step-5)"
+        );
+    }
+
+    #[test]
+    fn a_step_is_read_once_started_waited_for_before_and_skipped_when_it_cannot_run() {
+        let s1 = step(0, "step-1", Mode::Serial);
+        let s2 = step(0, "step-2", Mode::Parallel);
+        let none = snapshot(seed(), vec![]);
+        assert_eq!(
+            readiness(&none, "ns/wp", &s1).unwrap(),
+            Ready::Wait { why: "waiting for pod wp-task-0 (task-0)".into() }
+        );
+
+        let running = snapshot(
+            seed(),
+            vec![pod(
+                0,
+                "{phase: Pending, initContainerStatuses: [{name: step-1, image: a, imageID: '', ready: false, restartCount: 0, state: {running: {}}}], containerStatuses: [{name: step-2, image: a, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: PodInitializing}}}]}",
+            )],
+        );
+        assert_eq!(readiness(&running, "ns/wp", &s1).unwrap(), Ready::Read { pod: "wp-task-0".into() });
+        assert_eq!(
+            readiness(&running, "ns/wp", &s2).unwrap(),
+            Ready::Wait { why: "waiting for step step-2 to start in pod wp-task-0 (PodInitializing)".into() }
+        );
+        assert!(!ended(&running, "ns/wp", &s1).unwrap());
+
+        let failed = snapshot(
+            seed(),
+            vec![pod(
+                0,
+                "{phase: Failed, initContainerStatuses: [{name: step-1, image: a, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 1}}}]}",
+            )],
+        );
+        assert_eq!(readiness(&failed, "ns/wp", &s1).unwrap(), Ready::Read { pod: "wp-task-0".into() });
+        assert!(ended(&failed, "ns/wp", &s1).unwrap());
+        assert_eq!(readiness(&failed, "ns/wp", &s2).unwrap(), Ready::Skip);
+
+        // The run ended without task-1: its steps are skipped, not waited for.
+        let mut done = seed();
+        done.status = Some(serde_yaml::from_str("{phase: Failed}").unwrap());
+        assert_eq!(
+            readiness(&snapshot(done, vec![]), "ns/wp", &step(1, "step-4", Mode::Serial)).unwrap(),
+            Ready::Skip
+        );
+    }
+
+    #[test]
+    fn a_deleted_pod_or_workplan_is_an_error_naming_it() {
+        let s1 = step(0, "step-1", Mode::Serial);
+        let mut gone = snapshot(seed(), vec![]);
+        gone.deleted.insert("wp-task-0".into());
+        assert_eq!(
+            readiness(&gone, "ns/wp", &s1).unwrap_err().to_string(),
+            "error: pod wp-task-0 of Workplan ns/wp was deleted while following step step-1"
+        );
+        let mut deleting = pod(0, "{phase: Running}");
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert!(ended(&snapshot(seed(), vec![deleting]), "ns/wp", &s1).is_err());
+        let no_workplan = Snapshot::default();
+        assert_eq!(
+            readiness(&no_workplan, "ns/wp", &s1).unwrap_err().to_string(),
+            "error: Workplan ns/wp was deleted while following step step-1"
+        );
+    }
+}
