@@ -292,8 +292,13 @@ async fn run_get(args: &Args, get: &GetArgs, out: &mut dyn Write) -> Result<(), 
             let _: Workflow = cluster.workflow(&name).await?;
             let selector = format!("{}={name}", shared_types::labels::WORKFLOW);
             let (workplans, malformed) = cluster.list::<shared_types::Workplan>(&selector).await?;
-            let malformed =
-                malformed.iter().map(|e| e.to_string().trim_start_matches("error: ").to_string()).collect();
+            let malformed = malformed
+                .iter()
+                .map(|e| match e {
+                    Error::Malformed { kind, name, message } => format!("{kind} {name}: {message}"),
+                    other => other.to_string(),
+                })
+                .collect();
             let runs = status::runs(&name, &cluster.namespace, &workplans, malformed, now);
             render_data(&runs, get.output, RunsText)
         }

@@ -245,10 +245,21 @@ impl Reader {
         progress: &mut dyn Write,
     ) -> Result<(), Error> {
         let (lines, mut incoming) = mpsc::unbounded_channel::<Line>();
-        let steps = futures::future::try_join_all(
-            stage.iter().map(|step| self.step(step, rx.clone(), lines.clone())),
-        );
-        drop(lines);
+        // Followed, the steps of a stage run together and their lines interleave as they come;
+        // read afterwards, each step's log is printed whole, in declaration order.
+        let steps = async move {
+            if self.follow {
+                futures::future::try_join_all(
+                    stage.iter().map(|step| self.step(step, rx.clone(), lines.clone())),
+                )
+                .await?;
+            } else {
+                for step in stage {
+                    self.step(step, rx.clone(), lines.clone()).await?;
+                }
+            }
+            Ok::<_, Error>(())
+        };
         let print = async {
             while let Some(line) = incoming.recv().await {
                 match line {
