@@ -13,8 +13,8 @@ use shared_types::planner::plan;
 use shared_types::workflow::RunLimits;
 use shared_types::{EventKind, Workflow, Workplan};
 use support::{
-    Director, TIMEOUT, baselined, config_map, eventually, finish, record_where, recorded_versions, seed,
-    seed_with_config_map, seed_with_config_map_and, set_value, start_director, workflow, workplans,
+    TIMEOUT, baselined, config_map, eventually, finish, listing_handled, record_where, recorded_versions,
+    seed, seed_with_config_map, seed_with_config_map_and, set_value, start_director, workflow, workplans,
     workplans_of,
 };
 
@@ -184,15 +184,6 @@ async fn restarts_fire_nothing_and_deletions_while_down_fire_once() {
     listing_handled(&director).await;
     // (A kill between the create and the record's save fires again, into the same name.)
     assert_eq!(workplans(&wp_api).await.len(), 1);
-}
-
-/// Waits until the director has handled its trigger watch's first listing: the count of handled
-/// trigger events advances only once the Workplans an event starts exist.
-async fn listing_handled(director: &Director) {
-    eventually("the director to handle its trigger watch's listing", TIMEOUT, || async {
-        (director.metric("kubeci_director_trigger_events_total").await >= 1.0).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ use kube::{Resource, ResourceExt};
 use shared_types::trigger_record::{SHARDS, shard_name, shard_of};
 use shared_types::{EventKind, RecordedObject, TriggerRecord, TriggerRecordSpec, Workflow, Workplan};
 use support::{
-    Director, TIMEOUT, config_map, eventually, record_where, saved_record, set_value, start_director,
-    workflow, workplans, workplans_of,
+    Director, TIMEOUT, baselined, config_map, eventually, listing_handled, record_where, saved_record,
+    set_value, start_director, workflow, workplans, workplans_of,
 };
 
 /// The old record's manager: the migration test writes the status the way directors before the
@@ -53,20 +53,6 @@ fn selector_workflow(ns: &str, name: &str, group: &str) -> Workflow {
     )
 }
 
-/// Waits until the baseline is taken: `baselinedTriggers` (which old and new directors write)
-/// is set. The old director never got there at this scale: its save was refused.
-async fn baselined(ns: &TestNamespace, name: &str) -> Workflow {
-    let api: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
-    let cond = |wf: Option<&Workflow>| {
-        wf.and_then(|w| w.status.as_ref()).is_some_and(|s| !s.baselined_triggers.is_empty())
-    };
-    tokio::time::timeout(TIMEOUT, await_condition(api, name, cond))
-        .await
-        .expect("the baseline is taken (and saved)")
-        .unwrap()
-        .unwrap()
-}
-
 /// The Workflow as the API server stores it, in bytes of JSON.
 async fn stored_size(ns: &TestNamespace, name: &str) -> usize {
     let api: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
@@ -89,15 +75,6 @@ async fn recorded_objects(ns: &TestNamespace, name: &str, objects: i64) -> Workf
         .unwrap()
 }
 
-/// Waits until the director has handled its trigger watch's first listing (the count advances
-/// once the Workplans it starts exist).
-async fn listing_handled(director: &Director) {
-    eventually("the director to handle its trigger watch's listing", TIMEOUT, || async {
-        (director.metric("kubeci_director_trigger_events_total").await >= 1.0).then_some(())
-    })
-    .await;
-}
-
 async fn save_errors(director: &Director) -> f64 {
     director.metric("kubeci_director_errors_total{error=\"save_record\"}").await
 }
@@ -116,6 +93,7 @@ async fn failure_4_a_selector_over_12000_config_maps() {
     let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
     workflows.create(&PostParams::default(), &selector_workflow(&ns.name, "big", "big")).await.unwrap();
 
+    // The old director never got past the baseline here: its save was refused.
     baselined(&ns, "big").await;
     let wf = recorded_objects(&ns, "big", COUNT as i64).await;
     let summary = wf.status.as_ref().and_then(|s| s.trigger_record.clone()).unwrap();
@@ -204,7 +182,7 @@ async fn the_old_status_form_is_migrated_without_firing() {
     // The status an old director saved: every ConfigMap recorded, the trigger baselined.
     let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     let old: BTreeMap<String, RecordedObject> = cms
-        .list(&ListParams::default())
+        .list(&ListParams::default().labels("group=old"))
         .await
         .unwrap()
         .items

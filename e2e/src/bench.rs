@@ -238,6 +238,22 @@ pub struct MemoryRow {
     pub target_mib: Option<f64>,
 }
 
+/// One Workflow whose trigger matches many objects: what its trigger record costs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RecordsRow {
+    /// Objects the trigger matches.
+    pub objects: usize,
+    /// From the Workflow's create until its record is saved with every object.
+    pub baseline_seconds: f64,
+    /// The Workflow as stored (JSON, managedFields included).
+    pub workflow_bytes: usize,
+    /// TriggerRecord objects holding the record, and the largest of them (JSON).
+    pub shards: usize,
+    pub largest_shard_bytes: usize,
+    /// One matched object updated → its Workplan exists.
+    pub change_to_workplan_ms: f64,
+}
+
 /// The writes per run, by key.
 #[derive(Clone, Debug, Serialize)]
 pub struct WriteRow {
@@ -285,6 +301,8 @@ pub struct Report {
     pub write_runs: usize,
     pub writes: Vec<WriteRow>,
     pub memory: Vec<MemoryRow>,
+    /// Phase 6's trigger record at scale (its memory is a row of `memory`).
+    pub records: Option<RecordsRow>,
     /// The planner on 10,000 steps and, as its baseline, parsing the same Workflow from YAML.
     pub planner: Option<Summary>,
     pub planner_baseline: Option<Summary>,
@@ -425,6 +443,25 @@ impl Report {
                     row.hwm_kib as f64 / 1024.0
                 );
             }
+        }
+
+        if let Some(r) = &self.records {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "| 6 | trigger record: matched objects | baseline | Workflow | shards | largest shard | change → Workplan |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "| | {} | {:.1} s | {:.1} KiB | {} | {:.1} KiB | {} |",
+                r.objects,
+                r.baseline_seconds,
+                r.workflow_bytes as f64 / 1024.0,
+                r.shards,
+                r.largest_shard_bytes as f64 / 1024.0,
+                ms(r.change_to_workplan_ms)
+            );
         }
 
         let _ = writeln!(out);

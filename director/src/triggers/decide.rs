@@ -681,6 +681,49 @@ mod tests {
     }
 
     #[test]
+    fn the_record_is_kept_in_the_shards_it_is_saved_in() {
+        let mut record = TriggerRecord::default();
+        let uids: Vec<String> = (0..50).map(|i| format!("uid-{i}")).collect();
+        for uid in &uids {
+            record.insert(uid.as_str().into(), cm(uid, uid, "1", &[]).record(&key()));
+        }
+        assert_eq!(record.len(), 50);
+        for uid in &uids {
+            assert!(record.shard(shard_of(uid)).is_some_and(|shard| shard.contains_key(uid.as_str())));
+        }
+        assert_eq!(record.iter().count(), 50);
+        let lonely = uids.iter().find(|u| uids.iter().filter(|o| shard_of(o) == shard_of(u)).count() == 1);
+        if let Some(lonely) = lonely {
+            record.remove(lonely);
+            assert!(record.shard(shard_of(lonely)).is_none(), "an emptied shard goes");
+        }
+    }
+
+    #[test]
+    fn a_loaded_record_shares_the_watchs_strings_once_listed() {
+        let rules = rules(&[trigger(None, &[], true, true)]);
+        let mut record = baselined(&rules, &[]);
+        // As loaded from the API server: strings of its own.
+        let mut intern = Interner::default();
+        let saved = cm("u1", "cfg", "7", &[]).record(&key()).to_saved();
+        record.insert(Arc::from("u1"), Recorded::from_saved(saved, &mut intern));
+        let listed = cm("u1", "cfg", "7", &[]);
+        let outcome = on_listed(&rules, &key(), &mut record, std::slice::from_ref(&listed));
+        assert_eq!((fired(&outcome), outcome.deduplicated), (vec![], 1));
+        let shard = record.shard(shard_of("u1")).unwrap();
+        let (uid, recorded) = shard.get_key_value("u1").unwrap();
+        assert!(Arc::ptr_eq(uid, &listed.uid), "one uid string");
+        assert!(Arc::ptr_eq(&recorded.name, &listed.name), "one name string");
+        assert!(
+            Arc::ptr_eq(
+                recorded.resource_version.as_ref().unwrap(),
+                listed.resource_version.as_ref().unwrap()
+            ),
+            "one resourceVersion string"
+        );
+    }
+
+    #[test]
     fn removed_triggers_are_forgotten() {
         let rules_ab = rules(&[trigger(Some("a"), &[], true, true), trigger(Some("b"), &[], true, true)]);
         let mut record = baselined(&rules_ab, &[cm("ua", "a", "1", &[]), cm("ub", "b", "1", &[])]);

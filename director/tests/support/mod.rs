@@ -91,6 +91,15 @@ pub async fn baselined(ns: &TestNamespace, name: &str) {
         .unwrap();
 }
 
+/// Waits until the director has handled its trigger watch's first listing: the count of handled
+/// trigger events advances only once the Workplans an event starts exist.
+pub async fn listing_handled(director: &Director) {
+    eventually("the director to handle its trigger watch's listing", TIMEOUT, || async {
+        (director.metric("kubeci_director_trigger_events_total").await >= 1.0).then_some(())
+    })
+    .await;
+}
+
 pub async fn workplans_of(ns: &TestNamespace, count: usize) -> Vec<Workplan> {
     let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
     eventually(&format!("{count} Workplans"), TIMEOUT, || {

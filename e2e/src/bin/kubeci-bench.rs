@@ -17,7 +17,9 @@
 //! 5. the API writes per run, by resource and verb;
 //! 4. throughput with 1, 2 and 4 workers, with the CPU share of each process;
 //! 6. resident memory of the director (Workflows watching ConfigMaps) and of a worker (jobs in
-//!    flight: pods that are never bound, so they stay Pending);
+//!    flight: pods that are never bound, so they stay Pending); and the trigger record at scale:
+//!    one Workflow whose selector matches 100,000 ConfigMaps (the director's memory, how long its
+//!    baseline took, how big the Workflow and its TriggerRecord shards are);
 //! 7. the planner on 10,000 steps, read from the criterion bench's results (`make bench` runs
 //!    it first).
 //!
@@ -33,8 +35,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use e2e::bench::{
-    LatencyRow, MemoryRow, Report, RequestKey, Summary, ThroughputRow, cpu_ticks, criterion_samples,
-    parse_request_totals, status_kib, write_delta, write_rows,
+    LatencyRow, MemoryRow, RecordsRow, Report, RequestKey, Summary, ThroughputRow, cpu_ticks,
+    criterion_samples, parse_request_totals, status_kib, write_delta, write_rows,
 };
 use e2e::kubelet::{Act, bind, finish, pod_namespace};
 use e2e::{Component, TestEnv, TestNamespace};
@@ -47,7 +49,8 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, ResourceExt};
 use shared_types::planner;
 use shared_types::{
-    JobState, Phase, RequestState, Step, Trigger, TriggerEvent, Workflow, WorkflowSpec, Workplan,
+    JobState, Phase, RequestState, Step, Trigger, TriggerEvent, TriggerRecord, Workflow, WorkflowSpec,
+    Workplan,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -84,6 +87,8 @@ enum Phase_ {
     Handoff,
     Throughput,
     Memory,
+    /// Phase 6's trigger record at scale (100,000 ConfigMaps; 10,000 with `--quick`).
+    Records,
 }
 
 /// How many samples, and how big the loads.
@@ -97,6 +102,8 @@ struct Sizes {
     configmaps: usize,
     workflows: usize,
     jobs: usize,
+    /// ConfigMaps one Workflow's trigger matches, for the trigger record at scale.
+    records: usize,
 }
 
 impl Sizes {
@@ -111,6 +118,7 @@ impl Sizes {
                 configmaps: 1_000,
                 workflows: 100,
                 jobs: 100,
+                records: 10_000,
             }
         } else {
             Sizes {
@@ -122,6 +130,7 @@ impl Sizes {
                 configmaps: 10_000,
                 workflows: 1_000,
                 jobs: 1_000,
+                records: 100_000,
             }
         }
     }
@@ -319,6 +328,17 @@ async fn run(args: Args, binaries: PathBuf, env: &'static TestEnv) -> anyhow::Re
         match worker_memory(&bench).await {
             Ok(rows) => report.memory.extend(rows),
             Err(e) => report.notes.push(format!("worker memory failed: {e:#}")),
+        }
+    }
+
+    if !args.skip.contains(&Phase_::Records) {
+        eprintln!("6. trigger record: one Workflow matching {} ConfigMaps", bench.sizes.records);
+        match record_scale(&bench).await {
+            Ok((memory, records)) => {
+                report.memory.push(memory);
+                report.records = Some(records);
+            }
+            Err(e) => report.notes.push(format!("the trigger record at scale failed: {e:#}")),
         }
     }
 
@@ -776,6 +796,34 @@ fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS")?, field("VmHWM")?))
 }
 
+/// Creates `count` ConfigMaps, `concurrency` at a time; `named(i)` gives the i-th one's name
+/// and the value of its label `group`.
+async fn create_config_maps(
+    api: &Api<ConfigMap>,
+    count: usize,
+    concurrency: usize,
+    named: impl Fn(usize) -> (String, String),
+) -> anyhow::Result<()> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (name, group) = named(i);
+            let configmap = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    labels: Some(BTreeMap::from([("group".to_string(), group)])),
+                    ..ObjectMeta::default()
+                },
+                data: Some(BTreeMap::from([("i".to_string(), i.to_string())])),
+                ..ConfigMap::default()
+            };
+            async move { api.create(&PostParams::default(), &configmap).await.map(|_| ()) }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await?;
+    Ok(())
+}
+
 /// 6. The director with Workflows, each watching the ConfigMaps of its own label value.
 async fn director_memory(bench: &Bench) -> anyhow::Result<Vec<MemoryRow>> {
     let (configmaps, workflows) = (bench.sizes.configmaps, bench.sizes.workflows);
@@ -786,25 +834,7 @@ async fn director_memory(bench: &Bench) -> anyhow::Result<Vec<MemoryRow>> {
     let (idle_rss, idle_hwm) = memory(director.pid())?;
 
     let api: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
-    futures::stream::iter(0..configmaps)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let configmap = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(format!("cm-{i}")),
-                        labels: Some(BTreeMap::from([("group".to_string(), format!("g{}", i % workflows))])),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(BTreeMap::from([("i".to_string(), i.to_string())])),
-                    ..ConfigMap::default()
-                };
-                api.create(&PostParams::default(), &configmap).await.map(|_| ())
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<()>()
-        .await?;
+    create_config_maps(&api, configmaps, 32, |i| (format!("cm-{i}"), format!("g{}", i % workflows))).await?;
     let api: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
     futures::stream::iter(0..workflows)
         .map(|i| {
@@ -856,6 +886,74 @@ async fn director_memory(bench: &Bench) -> anyhow::Result<Vec<MemoryRow>> {
             target_mib: (!bench.sizes.quick).then_some(64.0),
         },
     ])
+}
+
+/// Phase 6, the trigger record at scale: one Workflow whose selector trigger matches
+/// `sizes.records` ConfigMaps, created before the director starts (so its memory is what the
+/// listing, the baseline and the record cost). The director's VmRSS is read once the record is
+/// saved and one change has fired; the target is 128 MiB at 100,000 objects.
+async fn record_scale(bench: &Bench) -> anyhow::Result<(MemoryRow, RecordsRow)> {
+    let count = bench.sizes.records;
+    let ns = bench.env.namespace("bench-trigger-records").await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+    let created = Instant::now();
+    create_config_maps(&configmaps, count, 64, |i| (format!("rec-{i}"), "records".to_string())).await?;
+    eprintln!("   {count} ConfigMaps created in {:.1} s", created.elapsed().as_secs_f64());
+
+    let director = bench.director(&ns.name, "director-records");
+    wait_started(&director, "director").await?;
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    let trigger = configmap_trigger(None, Some(("group", "records")));
+    workflows.create(&PostParams::default(), &one_task_workflow(&ns.name, "records", Some(trigger))).await?;
+    let started = Instant::now();
+    let workflow = until("the record to hold every object", Duration::from_secs(900), || {
+        let workflows = workflows.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let wf = workflows.get("records").await.ok()?;
+            let objects = wf.status.as_ref()?.trigger_record.as_ref()?.objects;
+            (objects == count as i64).then_some(wf)
+        }
+    })
+    .await?;
+    let baseline_seconds = started.elapsed().as_secs_f64();
+    eprintln!("   the record of {count} objects saved {baseline_seconds:.1} s after the Workflow's create");
+
+    let (sent, _) = touch(&configmaps, "rec-4711", 1).await?;
+    let workplans: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    until("the change's Workplan", TIMEOUT, || {
+        let workplans = workplans.clone();
+        async move { (!workplans.list(&ListParams::default()).await.ok()?.items.is_empty()).then_some(()) }
+    })
+    .await?;
+    let change_to_workplan_ms = sent.elapsed().as_secs_f64() * 1e3;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss, hwm) = memory(director.pid())?;
+
+    let shards: Api<TriggerRecord> = Api::namespaced(ns.client.clone(), &ns.name);
+    let sizes: Vec<usize> = shards
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|shard| serde_json::to_vec(shard).map(|json| json.len()))
+        .collect::<Result<_, _>>()?;
+    let records = RecordsRow {
+        objects: count,
+        baseline_seconds,
+        workflow_bytes: serde_json::to_vec(&workflow)?.len(),
+        shards: sizes.len(),
+        largest_shard_bytes: sizes.iter().copied().max().unwrap_or(0),
+        change_to_workplan_ms,
+    };
+    let memory = MemoryRow {
+        process: "director".into(),
+        load: format!("1 Workflow whose trigger matches {count} ConfigMaps"),
+        rss_kib: rss,
+        hwm_kib: hwm,
+        target_mib: (!bench.sizes.quick).then_some(128.0),
+    };
+    Ok((memory, records))
 }
 
 /// 6. A worker with jobs in flight: pods that nothing binds, so they stay Pending.
