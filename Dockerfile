@@ -7,8 +7,9 @@
 #
 # The images hold one binary each on distroless/cc (glibc and libgcc, no shell, no package
 # manager), run as uid 65532 and need no writable file system, matching the chart's
-# securityContext. This file has not been built in kubeci's own CI: that machine has no
-# container engine or registry (see README, "Container images").
+# securityContext. kubeci's own CI has no container engine or registry: it builds the same images
+# (same paths, user 65532:65532, working directory, entrypoint and ports) with hack/images.sh,
+# from Debian's packages and crane, and runs them on the local node (see README, "Container images").
 
 ARG RUST_VERSION=1.95
 

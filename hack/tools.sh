@@ -4,6 +4,7 @@
 #   hack/tools.sh              install all tools (if not cached); print the bin directory
 #   hack/tools.sh helm         install helm if needed; print its path
 #   hack/tools.sh kubeconform  install kubeconform if needed; print its path
+#   hack/tools.sh crane        install crane (go-containerregistry) if needed; print its path
 #
 # Each tool is a plain `go install module/cmd@version` (GOBIN = the cache), independent of the
 # hack/testenv module. Bump a version below and the next call reinstalls it.
@@ -11,6 +12,7 @@ set -euo pipefail
 
 HELM_VERSION="v3.22.0"        # helm.sh/helm/v3, newest v3 on the module proxy at the time of writing
 KUBECONFORM_VERSION="v0.8.0"  # github.com/yannh/kubeconform
+CRANE_VERSION="v0.22.1"       # github.com/google/go-containerregistry: assembles kubeci's images (hack/images.sh)
 
 CACHE="${KUBECI_CACHE:-$HOME/.cache/kubeci}"
 BIN="$CACHE/tools/bin"
@@ -68,9 +70,14 @@ kubeconform() {
     "-s -w -X main.version=$KUBECONFORM_VERSION"
 }
 
+crane() {
+  install crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION" "-s -w"
+}
+
 case "${1:-all}" in
-  all) helm; kubeconform; echo "$BIN" ;;
+  all) helm; kubeconform; crane; echo "$BIN" ;;
   helm) helm; echo "$BIN/helm" ;;
   kubeconform) kubeconform; echo "$BIN/kubeconform" ;;
-  *) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  crane) crane; echo "$BIN/crane" ;;
+  *) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
