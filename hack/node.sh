@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# A local Kubernetes node that really runs pods: upstream kubelet and kube-scheduler (from the
-# hack/testenv binary), Debian's containerd, runc and CNI plugins, and images built here from
-# Debian's busybox-static (no registry). It joins a running control plane (hack/testenv.sh).
+# A local Kubernetes node that really runs pods: upstream kubelet, kube-scheduler and kube-proxy
+# (from the hack/testenv binary), Debian's containerd, runc and CNI plugins, and images built here
+# from Debian's busybox-static (no registry). It joins a running control plane (hack/testenv.sh):
+# pods reach the apiserver through the `kubernetes` Service (kube-proxy in nftables mode, then a
+# forwarder from the node's address to the apiserver's loopback port), and the apiserver reaches
+# webhooks through their Services.
 #
 #   hack/node.sh deps                   apt-get install what the node needs (idempotent)
 #   hack/node.sh images                 build the image archive if not cached; print its path
@@ -18,8 +21,10 @@
 # lives under $KUBECI_CACHE/node (default ~/.cache/kubeci/node): images/ (cached archives),
 # logs/ (of the last run), run/ (runtime state, removed when the node stops).
 #
-# Environment: KUBECI_NODE_IP (default 10.217.0.1, put on a veth pair kubeci0/kubeci0p),
-# KUBECI_POD_SUBNET (default 10.218.0.0/24), KUBECI_NODE_NAME (default kubeci-node),
+# Environment: KUBECI_NODE_IP (default 10.217.0.1, put on a veth pair kubeci0/kubeci0p; the
+# control plane must advertise it: kubeci-testenv up --advertise-address, its default),
+# KUBECI_POD_SUBNET (default 10.218.0.0/24), KUBECI_SERVICE_CIDR (default 10.0.0.0/24, the
+# apiserver's --service-cluster-ip-range), KUBECI_NODE_NAME (default kubeci-node),
 # KUBECI_NODE_TIMEOUT (seconds until Ready, default 120), KUBECI_NODE_LOCK_WAIT (seconds to wait
 # for another node to stop, default 0). Only stdout carries results; progress goes to stderr.
 set -euo pipefail
@@ -31,13 +36,14 @@ RUN="$NODE_DIR/run"
 LOGS="$NODE_DIR/logs"
 NODE_IP="${KUBECI_NODE_IP:-10.217.0.1}"
 POD_SUBNET="${KUBECI_POD_SUBNET:-10.218.0.0/24}"
+SERVICE_CIDR="${KUBECI_SERVICE_CIDR:-10.0.0.0/24}"
 NODE_NAME="${KUBECI_NODE_NAME:-kubeci-node}"
 TIMEOUT="${KUBECI_NODE_TIMEOUT:-120}"
 LOCK_WAIT="${KUBECI_NODE_LOCK_WAIT:-0}"
 LINK=kubeci0
 SOCK="$RUN/containerd.sock"
 # What the Debian packages provide.
-PACKAGES=(containerd runc containernetworking-plugins busybox-static iproute2 util-linux)
+PACKAGES=(containerd runc containernetworking-plugins busybox-static iproute2 util-linux nftables curl)
 CNI_BIN=/usr/lib/cni
 BUSYBOX=/bin/busybox
 # Images in the archive. The busybox image is also tagged as the images the examples and the
@@ -81,7 +87,8 @@ cmd_deps() {
   fi
   local f
   for f in /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr /usr/sbin/runc \
-    "$CNI_BIN/ptp" "$CNI_BIN/host-local" "$CNI_BIN/loopback" "$BUSYBOX" /usr/bin/setpriv /usr/bin/flock; do
+    "$CNI_BIN/ptp" "$CNI_BIN/host-local" "$CNI_BIN/loopback" "$BUSYBOX" /usr/bin/setpriv /usr/bin/flock \
+    /usr/sbin/nft /usr/bin/curl; do
     [[ -x "$f" ]] || die "$f is missing after installing ${PACKAGES[*]}"
   done
 }
@@ -204,7 +211,10 @@ teardown() {
     [[ -n "$m" ]] || break
     while read -r m; do umount -l "$m" 2>/dev/null || true; done <<<"$m"
   done
-  ip link del "$LINK" 2>/dev/null || true
+  ip link del "$LINK" 2>/dev/null || true # and the service route through it
+  # kube-proxy's rules live in tables of their own; it leaves them behind when it stops.
+  nft delete table ip kube-proxy 2>/dev/null || true
+  nft delete table ip6 kube-proxy 2>/dev/null || true
   # Pod cgroups the kubelet made (empty once the containers are gone).
   local c
   for c in /sys/fs/cgroup/*/kubepods; do
@@ -225,7 +235,7 @@ teardown() {
 }
 
 write_configs() {
-  mkdir -p "$RUN"/{containerd,cni/net.d,cni/ipam,kubelet,runc} "$LOGS"
+  mkdir -p "$RUN"/{containerd,cni/net.d,cni/ipam,kubelet,kube-proxy,runc} "$LOGS"
   cat >"$RUN/containerd/config.toml" <<EOF
 # containerd for kubeci's local node (hack/node.sh): its own root, state and socket.
 version = 2
@@ -264,7 +274,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "$RUN/containerd/certs.d"
 EOF
-  # Pods get an address on a point-to-point veth and no default route: they reach the host only.
+  # Pods get an address on a point-to-point veth and no default route: they reach the host only,
+  # and through it the other pods, the node's address and the Services (kube-proxy).
   cat >"$RUN/cni/net.d/10-kubeci.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
@@ -276,6 +287,7 @@ EOF
       "ipam": {
         "type": "host-local",
         "ranges": [[{"subnet": "$POD_SUBNET"}]],
+        "routes": [{"dst": "$SERVICE_CIDR"}, {"dst": "$NODE_IP/32"}],
         "dataDir": "$RUN/cni/ipam"
       }
     }
@@ -320,6 +332,28 @@ serializeImagePulls: false
 nodeStatusUpdateFrequency: 4s
 syncFrequency: 10s
 EOF
+  cat >"$RUN/kube-proxy/config.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+# Rules in tables of its own (ip kube-proxy), removed when the node stops.
+mode: nftables
+clientConnection:
+  kubeconfig: $KUBECONFIG_PATH
+hostnameOverride: $NODE_NAME
+# Traffic from outside the pods (the apiserver calling a webhook) is masqueraded: pods have no
+# route back to other host addresses.
+clusterCIDR: $POD_SUBNET
+detectLocalMode: ClusterCIDR
+nodePortAddresses: ["$NODE_IP/32"]
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+# Leave the machine's conntrack sysctls alone.
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+EOF
 }
 
 start_component() { # NAME CMD...: started with its own log; SIGTERM if this script dies
@@ -347,6 +381,14 @@ wait_for() { # WHAT SECONDS COMMAND...: polls COMMAND until it succeeds; fails i
       "$what: not after ${seconds}s"
     sleep 0.3
   done
+}
+
+# The kubernetes Service's address, as pods use it, answers over TLS (any HTTP status).
+kubernetes_service_answers() {
+  local ip code
+  ip="$(kubectl --kubeconfig "$KUBECONFIG_PATH" get service kubernetes -n default -o jsonpath='{.spec.clusterIP}')"
+  code="$(curl -sk --noproxy '*' --max-time 2 -o /dev/null -w '%{http_code}' "https://$ip/version" || true)"
+  [[ "$code" =~ ^[1-5][0-9][0-9]$ ]]
 }
 
 node_ready() {
@@ -395,6 +437,9 @@ cmd_run() {
   ip addr add "$NODE_IP/32" dev "$LINK"
   ip link set "${LINK}p" up
   ip link set "$LINK" up
+  # Service addresses never follow the default route off this machine: kube-proxy rewrites
+  # those that have endpoints, the rest end on the veth.
+  ip route add "$SERVICE_CIDR" dev "$LINK" src "$NODE_IP"
 
   # containerd may only ever reach loopback: a pull of an image we did not import fails at once
   # instead of reaching a registry.
@@ -409,7 +454,17 @@ cmd_run() {
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v 1
   start_component kube-scheduler "$bin" kube-scheduler --kubeconfig "$KUBECONFIG_PATH" \
     --leader-elect=false --secure-port=0
+  # The apiserver listens on loopback and advertises the node's address with its port in the
+  # kubernetes Service's endpoints: forward that address to it.
+  local server hostport
+  server="$(sed -nE 's/^[[:space:]]*server: (.*)$/\1/p' "$KUBECONFIG_PATH" | head -n1)"
+  hostport="${server#https://}"
+  hostport="${hostport%%/*}"
+  [[ "$hostport" =~ :([0-9]+)$ ]] || die "cannot read the apiserver's port from $server"
+  start_component apiserver-forward "$bin" forward --listen "$NODE_IP:${BASH_REMATCH[1]}" --to "$hostport"
+  start_component kube-proxy "$bin" kube-proxy --config "$RUN/kube-proxy/config.yaml" --v 1
   wait_for "Node $NODE_NAME Ready" "$TIMEOUT" node_ready
+  wait_for "the apiserver through the kubernetes Service (kube-proxy)" 60 kubernetes_service_answers
   log "node $NODE_NAME Ready after $((SECONDS - t0))s (logs in $LOGS)"
   echo "ready $NODE_NAME"
 
@@ -498,7 +553,7 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   *)
-    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -124,7 +124,8 @@ cmd_up() {
   rm -rf "$STATE"
   mkdir -p "$STATE"
   log "starting the control plane in $STATE"
-  nohup "$bin" up --dir "$STATE" --timeout "${TIMEOUT}s" \
+  # The apiserver advertises the local node's address (hack/node.sh forwards it to its port).
+  nohup "$bin" up --dir "$STATE" --timeout "${TIMEOUT}s" --advertise-address "${KUBECI_NODE_IP:-10.217.0.1}" \
     >"$STATE/up.stdout" 2>"$STATE/up.stderr" </dev/null &
   pid=$!
   echo "$pid" >"$STATE/up.pid"

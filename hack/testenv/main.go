@@ -7,6 +7,8 @@
 //	kubeci-testenv kube-controller-manager <flags>  upstream kube-controller-manager
 //	kubeci-testenv kube-scheduler <flags>           upstream kube-scheduler
 //	kubeci-testenv kubelet <flags>                  upstream kubelet (the local node, hack/node.sh)
+//	kubeci-testenv kube-proxy <flags>               upstream kube-proxy (the local node, hack/node.sh)
+//	kubeci-testenv forward --listen A --to B        TCP forwarder (the apiserver on the node's address)
 //	kubeci-testenv etcd <flags>                     embedded etcd (go.etcd.io/etcd/server/v3/embed)
 //	kubeci-testenv up --dir DIR [flags]             etcd + apiserver (+ controller-manager)
 //
@@ -31,6 +33,7 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric, as upstream
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
 	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
@@ -51,6 +54,8 @@ var commands = map[string]command{
 	"kube-controller-manager": {help: "upstream kube-controller-manager", cobra: kcmapp.NewControllerManagerCommand},
 	"kube-scheduler":          {help: "upstream kube-scheduler", cobra: func() *cobra.Command { return schedulerapp.NewSchedulerCommand() }},
 	"kubelet":                 {help: "upstream kubelet", cobra: func() *cobra.Command { return kubeletapp.NewKubeletCommand(context.Background()) }},
+	"kube-proxy":              {help: "upstream kube-proxy", cobra: proxyapp.NewProxyCommand},
+	"forward":                 {help: "forward TCP connections from --listen to --to", run: runForward},
 	"etcd":                    {help: "embedded etcd server on loopback", run: runEtcd},
 	"up":                      {help: "run a test control plane in --dir, print 'ready DIR/kubeconfig'", run: runUp},
 	"version":                 {help: "print the Kubernetes version this binary was built from", run: runVersion},

@@ -47,6 +47,7 @@ type upOptions struct {
 	exitOnEOF    bool
 	cleanup      bool
 	timeout      time.Duration
+	advertise    string
 	apiserverArg stringList
 	kcmArg       stringList
 }
@@ -58,6 +59,7 @@ func runUp(args []string) int {
 	fs.BoolVar(&o.withKCM, "controller-manager", true, "also run kube-controller-manager")
 	fs.BoolVar(&o.exitOnEOF, "exit-on-stdin-eof", false, "shut down when stdin reaches EOF")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove --dir on exit")
+	fs.StringVar(&o.advertise, "advertise-address", "10.217.0.1", "address the apiserver publishes in the kubernetes Service's endpoints: the local node's (hack/node.sh forwards it to the loopback port); empty: the apiserver's default, the host's main address")
 	fs.DurationVar(&o.timeout, "timeout", 120*time.Second, "give up if the control plane is not ready by then")
 	fs.Var(&o.apiserverArg, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--feature-gates=X=true (repeatable; later flags win)")
 	fs.Var(&o.kcmArg, "controller-manager-arg", "extra kube-controller-manager flag (repeatable)")
@@ -249,6 +251,11 @@ func (u *upper) bringUp(ctx context.Context) error {
 			// Reach kubelets (logs, exec) at their node IP only: the default tries the
 			// Hostname address first, a DNS lookup that would leave this machine.
 			"--kubelet-preferred-address-types=InternalIP",
+		}
+		if u.opts.advertise != "" {
+			// Pods reach the apiserver through the kubernetes Service, whose endpoint is this
+			// address and the secure port; nothing listens there until the local node forwards it.
+			args = append(args, "--advertise-address="+u.opts.advertise)
 		}
 		if !u.opts.withKCM {
 			// Nobody creates default ServiceAccounts without the controller manager.
