@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
@@ -34,6 +34,25 @@ pub fn tool(name: &str) -> PathBuf {
             PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
         })
         .clone()
+}
+
+/// Runs `command`; panics with its output unless it succeeds.
+pub fn run(command: &mut Command) -> Output {
+    let out = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A `helm` command pointed at the test control plane.
+pub fn helm() -> Command {
+    let mut helm = Command::new(tool("helm"));
+    helm.arg("--kubeconfig").arg(TestEnv::get().kubeconfig());
+    helm
 }
 
 /// The chart's directory.

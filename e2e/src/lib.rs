@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod chart;
 pub mod component;
+pub mod install;
 pub mod kubelet;
 pub mod node;
 pub mod supervised;

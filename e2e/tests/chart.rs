@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use e2e::chart::{chart_dir, service_account_kubeconfig, tool, write_schemas};
+use e2e::chart::{chart_dir, helm, run, service_account_kubeconfig, tool, write_schemas};
 use e2e::kubelet::{Act, Kubelet, pod_namespace};
 use e2e::{Component, TestEnv, TestNamespace, eventually};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -23,23 +23,6 @@ use shared_types::{Phase, Workflow, Workplan};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const RELEASE: &str = "kubeci";
-
-fn run(command: &mut Command) -> Output {
-    let out = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn helm() -> Command {
-    let mut helm = Command::new(tool("helm"));
-    helm.arg("--kubeconfig").arg(TestEnv::get().kubeconfig());
-    helm
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kubeci-chart-{}-{name}", std::process::id()));
