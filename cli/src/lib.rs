@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod graph;
 pub mod logs;
 pub mod plan;
+pub mod run;
 pub mod status;
 
 use std::io::{Read, Write};
@@ -64,6 +65,14 @@ pub enum Command {
     /// ends (its final phase goes to stderr).
     Logs(LogsArgs),
 
+    /// Start a manual run of a Workflow and print its Workplan.
+    ///
+    /// Sets the Workflow's `kube.ci/run` annotation to a new value; the director creates the
+    /// Workplan (within the Workflow's caps) and the plugin prints its name. `--wait` waits for
+    /// the run to end, `--follow` streams every step's log on the way; both exit with status 1
+    /// when the run fails.
+    Run(RunArgs),
+
     /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
     Completion {
         #[arg(value_enum)]
@@ -110,6 +119,26 @@ pub struct LogsArgs {
     /// Follow the run live until it ends.
     #[arg(short = 'f', long)]
     pub follow: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The Workflow: `NAME` or `workflow/NAME`.
+    #[arg(value_name = "WORKFLOW")]
+    pub workflow: String,
+
+    /// Wait for the run's final phase; exit 1 if it failed.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Stream every step's log until the run ends (implies --wait).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+
+    /// Give up after this long (`30s`, `5m`, `1h`): for the Workplan to appear, and with
+    /// `--wait` or `--follow` for the run to end.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub timeout: k8s_openapi::jiff::SignedDuration,
 }
 
 /// Output formats of `get`.
@@ -160,6 +189,12 @@ pub enum Error {
     WorkplanDeleted { workplan: String, step: String },
     #[error("error: pod {pod} of Workplan {workplan} was deleted while following step {step}")]
     PodDeleted { pod: String, workplan: String, step: String },
+    #[error("error: no run of Workflow {workflow} started: {reason}")]
+    NotStarted { workflow: String, reason: String },
+    #[error("error: Workplan {workplan} did not finish within {timeout:?}")]
+    Timeout { workplan: String, timeout: std::time::Duration },
+    #[error("error: Workplan {workplan} Failed: {reason}")]
+    RunFailed { workplan: String, reason: String },
     #[error("error: the watch of Workplan {0} ended")]
     WatchEnded(String),
     #[error("error: writing the output: {0}")]
@@ -180,6 +215,16 @@ pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Resu
             let cluster = args.cluster.connect().await?;
             logs::logs(&cluster, name, logs.step.as_deref(), logs.follow, out, &mut std::io::stderr())
                 .await?;
+        }
+        Command::Run(run) => {
+            let name = object_name(&run.workflow, WORKFLOW_TYPES, "Workflow", "workflow")?;
+            let follow = match (run.follow, run.wait) {
+                (true, _) => run::Follow::Logs,
+                (false, true) => run::Follow::Finished,
+                (false, false) => run::Follow::Created,
+            };
+            let cluster = args.cluster.connect().await?;
+            run::run(&cluster, name, follow, run.timeout, out, &mut std::io::stderr()).await?;
         }
         Command::Completion { shell } => {
             clap_complete::generate(*shell, &mut Args::command(), "kubectl-kubeci", out);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use e2e::kubelet::{NODE, pod_namespace};
 use e2e::{Component, LocalNode, TestEnv, TestNamespace, node_namespace, workspace_binary};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
@@ -453,4 +454,76 @@ spec:
     let runs = ok(n, &["get", "workflow/live"]).await;
     eprintln!("kubectl kubeci get workflow/live:\n{runs}");
     assert!(runs.lines().nth(2).unwrap().contains(" Completed  Manual (run=1) "), "{runs}");
+}
+
+/// `run` asks the director for a manual run through the `kube.ci/run` annotation, prints the
+/// Workplan the director created for it, and with `--wait` ends with the run: status 0 when it
+/// completed, 1 naming the reason when it failed. The operator's part (the phase) is written by
+/// the test; a suspended or missing Workflow is refused, naming it.
+#[tokio::test]
+async fn run_starts_a_manual_run_and_waits_for_its_end() {
+    let ns = TestEnv::get().namespace("plugin-run").await;
+    let n = ns.name.as_str();
+    let _director =
+        Component::start(workspace_binary("director"), n, &["--no-leader-election", "--lease-namespace", n]);
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), n);
+    let workplans: Api<Workplan> = Api::namespaced(ns.client.clone(), n);
+    workflows.create(&PostParams::default(), &seed(n)).await.unwrap();
+
+    let created = ok(n, &["run", "workflow/my-workflow", "--timeout", "60s"]).await;
+    let name = created
+        .strip_prefix("workplan.kube.ci/")
+        .and_then(|s| s.strip_suffix(" created\n"))
+        .unwrap_or_else(|| panic!("run prints the Workplan: {created:?}"));
+    let first = workplans.get(name).await.unwrap();
+    assert_eq!(first.spec.trigger.event, shared_types::EventKind::Manual);
+    let value = first.spec.trigger.run.clone().expect("a manual run carries its value");
+    let annotated = workflows.get("my-workflow").await.unwrap();
+    assert_eq!(annotated.annotations().get(shared_types::labels::RUN_ANNOTATION), Some(&value));
+
+    // --wait: the run's end decides the exit status.
+    for (phase, reason, code) in
+        [("Failed", "step \"step-4\" exited with 3", 1), ("Completed", "all 2 tasks succeeded", 0)]
+    {
+        let before: Vec<String> =
+            workplans.list(&Default::default()).await.unwrap().items.iter().map(|w| w.name_any()).collect();
+        let waiting = plugin(n)
+            .args(["run", "my-workflow", "--wait", "--timeout", "90s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let new = e2e::eventually("the Workplan of the manual run", TIMEOUT, || async {
+            let now = workplans.list(&Default::default()).await.ok()?;
+            now.items.into_iter().map(|w| w.name_any()).find(|w| !before.contains(w))
+        })
+        .await;
+        let status = json!({"apiVersion": "kube.ci/v1alpha1", "kind": "Workplan",
+            "status": {"phase": phase, "reason": reason}});
+        workplans
+            .patch_status(&new, &PatchParams::apply(MANAGER).force(), &Patch::Apply(status))
+            .await
+            .unwrap();
+        let out = tokio::time::timeout(TIMEOUT, waiting.wait_with_output()).await.unwrap().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
+        assert!(stdout.starts_with(&format!("workplan.kube.ci/{new} created\n")), "{stdout}");
+        if code == 1 {
+            assert!(stderr.contains(&format!("Workplan {n}/{new} Failed: {reason}")), "{stderr}");
+        } else {
+            assert!(stdout.ends_with(&format!("workplan.kube.ci/{new} Completed\n")), "{stdout}");
+        }
+    }
+
+    // Hostile: no such Workflow; a suspended one; one whose run never starts (timeout, with why).
+    let missing = fails(n, &["run", "nope"]).await;
+    assert!(missing.contains(&format!("Workflow \"nope\" not found in namespace \"{n}\"")), "{missing}");
+    workflows
+        .patch("my-workflow", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}})))
+        .await
+        .unwrap();
+    let suspended = fails(n, &["run", "my-workflow"]).await;
+    assert!(suspended.contains(&format!("no run of Workflow {n}/my-workflow started")), "{suspended}");
+    assert!(suspended.contains("spec.suspend"), "{suspended}");
+    assert!(fails(n, &["run", "wp/my-workflow"]).await.contains("is not a Workflow"));
 }
