@@ -57,7 +57,7 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Resource, ResourceExt};
 use shared_types::workflow::RunLimits;
-use shared_types::{EventKind, JobState, Phase, RequestState, Workflow, Workplan};
+use shared_types::{EventKind, JobState, Phase, RequestState, TriggerRecord, Workflow, Workplan};
 use tokio::time::Instant;
 
 /// How long components are killed and objects created and deleted.
@@ -280,14 +280,7 @@ impl Kubeci {
         if who == Who::Director {
             // The record first: an object it holds keeps its Workplans (the record is saved only
             // once they exist) and stays recorded until its Deleted Workplan exists.
-            let workflows: Api<Workflow> = Api::namespaced(self.ns.client.clone(), &self.ns.name);
-            let recorded = workflows
-                .get(WORKFLOW)
-                .await
-                .expect("reading the Workflow")
-                .status
-                .map(|s| s.last_observed_resource_generation.into_keys().collect())
-                .unwrap_or_default();
+            let recorded = recorded_uids(&self.ns).await;
             let snapshot = workplans(&self.ns).await.iter().map(identity).collect();
             let mut lives = self.lives.lock().unwrap();
             let life = lives.last_mut().expect("a director runs");
@@ -683,4 +676,22 @@ async fn random_kills_under_a_refusing_quota_lose_and_duplicate_nothing() {
     for component in std::mem::take(&mut kubeci.running).into_values() {
         component.stop();
     }
+}
+
+/// The uids the Workflow's saved trigger record holds: the keys of every TriggerRecord shard the
+/// Workflow owns (a shard is saved whole, before the status that counts it).
+async fn recorded_uids(ns: &TestNamespace) -> BTreeSet<String> {
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    let uid = workflows.get(WORKFLOW).await.expect("reading the Workflow").uid().unwrap_or_default();
+    let shards: Api<TriggerRecord> = Api::namespaced(ns.client.clone(), &ns.name);
+    let params = ListParams::default().labels(&format!("{}={WORKFLOW}", shared_types::labels::WORKFLOW));
+    shards
+        .list(&params)
+        .await
+        .expect("listing the trigger record")
+        .items
+        .into_iter()
+        .filter(|shard| shard.owner_references().iter().any(|owner| owner.uid == uid))
+        .flat_map(|shard| shard.spec.objects.into_keys())
+        .collect()
 }

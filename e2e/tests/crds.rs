@@ -44,10 +44,11 @@ fn kubectl(args: &[&str]) -> Output {
 }
 
 #[tokio::test]
-async fn the_three_crds_are_established() {
+async fn the_four_crds_are_established() {
     let env = TestEnv::get();
     let api: Api<CustomResourceDefinition> = Api::all(env.client().await);
-    for name in ["workflows.kube.ci", "workplans.kube.ci", "requeststates.kube.ci"] {
+    for name in ["workflows.kube.ci", "workplans.kube.ci", "requeststates.kube.ci", "triggerrecords.kube.ci"]
+    {
         let crd = api.get(name).await.unwrap();
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
         for wanted in ["Established", "NamesAccepted"] {
