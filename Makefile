@@ -1,10 +1,15 @@
 # The commands developers and CI run. `.ci/run` installs prerequisites, then runs `make test`.
-.PHONY: run test test-unit crds bench chart down
+.PHONY: run images test test-unit crds bench chart down
 
-# kubeci on this machine: control plane and a real node (root), the CRDs, the three components, the seed
-# Workflow fired by a ConfigMap and followed to Completed.
+# kubeci on this machine as on a cluster: control plane and a real node (root), kubeci's images built
+# here, `helm upgrade --install charts/kubeci`, the seed Workflow fired by a ConfigMap and followed to
+# Completed. Run again, it upgrades the release in place.
 run:
 	hack/run-local.sh
+
+# kubeci's images (release binaries, no engine or registry; cached by content): print them and their sizes.
+images:
+	hack/images.sh list
 
 # Everything CI checks: formatting, lints, unit, property and integration tests.
 test:
@@ -36,8 +41,7 @@ chart:
 	$$(hack/tools.sh helm) lint --strict charts/kubeci
 	$$(hack/tools.sh helm) template kubeci charts/kubeci --namespace kubeci-system >/dev/null
 
-# Stop what `make run` started: components, node, control plane.
+# Remove what `make run` started: the node (and with it every pod) and the control plane.
 down:
-	hack/stop-components.sh
 	hack/node.sh down
 	hack/testenv.sh down
