@@ -50,10 +50,20 @@ impl LocalNode {
 
     /// Where `node.sh` keeps the logs of containerd, the kubelet and the scheduler.
     pub fn logs() -> PathBuf {
+        Self::dir().join("logs")
+    }
+
+    /// The socket of the node's containerd (for `ctr -a`).
+    pub fn containerd_socket() -> PathBuf {
+        Self::dir().join("run/containerd.sock")
+    }
+
+    /// `node.sh`'s directory: `$KUBECI_CACHE/node`.
+    fn dir() -> PathBuf {
         let cache = std::env::var_os("KUBECI_CACHE").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kubeci")
         });
-        cache.join("node/logs")
+        cache.join("node")
     }
 
     fn start() -> Result<LocalNode, String> {
@@ -64,8 +74,12 @@ impl LocalNode {
             .arg(&script)
             .args(["run", "--exit-on-stdin-eof", "--kubeconfig"])
             .arg(TestEnv::get().kubeconfig())
-            // A node of an earlier test binary may still be stopping.
-            .env("KUBECI_NODE_LOCK_WAIT", "300");
+            // A node of an earlier test binary may still be stopping; another user's node may be
+            // running for longer (KUBECI_NODE_LOCK_WAIT raises the wait).
+            .env(
+                "KUBECI_NODE_LOCK_WAIT",
+                std::env::var("KUBECI_NODE_LOCK_WAIT").unwrap_or_else(|_| "300".into()),
+            );
         let (name, process) = Supervised::start(command, START_TIMEOUT)
             .map_err(|e| format!("`{} run` {e}\nLogs: {}", script.display(), Self::logs().display()))?;
         let startup = started.elapsed();

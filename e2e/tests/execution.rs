@@ -276,3 +276,83 @@ async fn an_operator_restart_mid_run_loses_and_duplicates_nothing() {
         assert_each_transition_once(&request_state(&ns, name).await, &["task-0", "task-1", "cleanup"]);
     }
 }
+
+/// The Workflow of `examples/pod-settings.yaml` in `ns` (the file also holds its Secret and
+/// ConfigMap, which the API server does not need for a pod to be created).
+fn pod_settings(ns: &str) -> Workflow {
+    let text = std::fs::read_to_string(e2e::TestEnv::repo_root().join("examples/pod-settings.yaml")).unwrap();
+    let doc = text.split("\n---\n").find(|doc| doc.contains("kind: Workflow")).unwrap();
+    workflow(ns, doc)
+}
+
+#[tokio::test]
+async fn pod_settings_reach_every_pod_of_the_run() {
+    let ns = pod_namespace("exec-pod-settings").await;
+    let _kubelet = Kubelet::start(&ns, |_| Act::Succeed);
+    let (_operator, _worker) = (operator(&ns.name), worker(&ns.name, "worker-1"));
+    // As a user applies it: the CRD's schema keeps every field of the template (nothing pruned).
+    let wf = pod_settings(&ns.name);
+    let workflows: Api<Workflow> = Api::namespaced(ns.client.clone(), &ns.name);
+    let stored = workflows.create(&PostParams::default(), &wf).await.unwrap();
+    assert_eq!(stored.spec, wf.spec, "the API server stores the pod settings as given");
+    let name = create(&ns, &stored, "1").await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let task = pods.get(&format!("{name}-task-0")).await.unwrap().spec.unwrap();
+    let template = wf.spec.run.pod_template.as_ref().unwrap();
+    assert_eq!(task.node_selector.as_ref(), Some(&template.node_selector));
+    // The DefaultTolerationSeconds admission plugin adds its own beside them.
+    let tolerates = |spec: &k8s_openapi::api::core::v1::PodSpec| {
+        template.tolerations.iter().all(|t| spec.tolerations.iter().flatten().any(|have| have == t))
+    };
+    assert!(tolerates(&task), "{:?}", task.tolerations);
+    // The ServiceAccount admission plugin adds its token volume and mounts.
+    let ours = |name: &&str| !name.starts_with("kube-api-access-");
+    let volumes: Vec<&str> = task.volumes.iter().flatten().map(|v| v.name.as_str()).filter(ours).collect();
+    assert_eq!(volumes, ["kubeci-workspace", "credentials", "scratch"]);
+    let build = &task.init_containers.as_ref().unwrap()[0];
+    assert_eq!(build.env_from.as_ref(), Some(&wf.spec.steps[0].env_from));
+    let mounts: Vec<(&str, &str)> = task.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .filter(|(name, _)| ours(name))
+        .collect();
+    assert_eq!(
+        mounts,
+        [("kubeci-workspace", "/kubeci"), ("credentials", "/etc/credentials"), ("scratch", "/scratch")]
+    );
+    let cleanup = pods.get(&format!("{name}-cleanup")).await.unwrap().spec.unwrap();
+    assert!(tolerates(&cleanup), "the cleanup pod tolerates them too: {:?}", cleanup.tolerations);
+    assert_eq!(cleanup.node_selector, None, "and is pinned to the run's node instead of selecting one");
+}
+
+#[tokio::test]
+async fn a_forged_workplan_whose_volume_takes_the_workspace_name_fails_naming_it() {
+    let ns = pod_namespace("exec-forged-volume").await;
+    let _kubelet = Kubelet::start(&ns, |_| Act::Succeed);
+    let (_operator, _worker) = (operator(&ns.name), worker(&ns.name, "worker-1"));
+    // Past the planner, as a Workplan written by hand: the API server refuses the pod, and the run
+    // fails with its answer instead of retrying or hanging.
+    let mut wf = pod_settings(&ns.name);
+    wf.spec.run.pod_template.as_mut().unwrap().volumes[0].name = "kubeci-workspace".into();
+    wf.spec.steps[1].volume_mounts[0].name = "kubeci-workspace".into();
+    assert!(planner::validate_workflow(&wf).is_err(), "the planner refuses it");
+    let mut wp = planner::plan(&pod_settings(&ns.name), TriggerEvent::manual(Some("1".into()))).unwrap();
+    wp.spec.run = wf.spec.run.clone();
+    wp.spec.tasks[0].parallel_steps[0].volume_mounts = wf.spec.steps[1].volume_mounts.clone();
+    let api: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let name = api.create(&PostParams::default(), &wp).await.unwrap().metadata.name.unwrap();
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    let reason = status.reason.unwrap();
+    assert!(
+        reason.starts_with(&format!("task-0 failed: pod {name}-task-0 cannot be created"))
+            && reason.contains("Duplicate value: \"kubeci-workspace\""),
+        "{reason}"
+    );
+}

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use e2e::{Component, LocalNode, TestNamespace, eventually, node_namespace, workspace_binary};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, ResourceQuotaSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, ResourceQuotaSpec, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -48,16 +48,19 @@ impl Drop for WorkspaceRoot {
 
 /// The operator and a worker for `ns`, the worker's workspaces under `root`.
 fn kubeci(ns: &str, root: &WorkspaceRoot) -> (Component, Component) {
+    kubeci_with(ns, root, &[])
+}
+
+/// [`kubeci`] with more flags for the worker.
+fn kubeci_with(ns: &str, root: &WorkspaceRoot, worker_args: &[&str]) -> (Component, Component) {
     let operator = Component::start(
         workspace_binary("workplan-operator"),
         ns,
         &["--no-leader-election", "--worker-lease-namespace", ns],
     );
-    let worker = Component::start(
-        workspace_binary("worker"),
-        ns,
-        &["--identity", "worker-1", "--lease-namespace", ns, "--workspace-root", root.path()],
-    );
+    let mut args = vec!["--identity", "worker-1", "--lease-namespace", ns, "--workspace-root", root.path()];
+    args.extend_from_slice(worker_args);
+    let worker = Component::start(workspace_binary("worker"), ns, &args);
     (operator, worker)
 }
 
@@ -434,4 +437,98 @@ spec:
     let cleanup = pods.get(&format!("{name}-cleanup")).await.unwrap();
     assert_eq!(cleanup.status.unwrap().phase.as_deref(), Some("Succeeded"), "admitted, and it ran");
     assert!(!root.workspace(&ns.name, "quota", &name).exists());
+}
+
+#[tokio::test]
+async fn a_step_reads_a_mounted_secret_and_variables_from_a_config_map() {
+    let ns = node_namespace("node-pod-settings").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let secret = Secret {
+        metadata: ObjectMeta { name: Some("deploy-credentials".into()), ..ObjectMeta::default() },
+        string_data: Some([("token".to_string(), "s3cr3t-from-the-secret".to_string())].into()),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let settings = ConfigMap {
+        metadata: ObjectMeta { name: Some("build-settings".into()), ..ObjectMeta::default() },
+        data: Some([("TARGET".to_string(), "release".to_string())].into()),
+        ..ConfigMap::default()
+    };
+    Api::<ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &settings)
+        .await
+        .unwrap();
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    let wf = workflow(
+        &ns.name,
+        r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {name: mounts}
+spec:
+  podTemplate:
+    nodeSelector: {kubernetes.io/os: linux}
+    volumes:
+    - {name: credentials, secret: {secretName: deploy-credentials}}
+  steps:
+  - name: deploy
+    image: alpine
+    envFrom:
+    - configMapRef: {name: build-settings}
+    volumeMounts:
+    - {name: credentials, mountPath: /etc/credentials, readOnly: true}
+    commands: [sh, -c, "echo \"$TARGET $(cat /etc/credentials/token)\""]
+"#,
+    );
+    let name = run(&ns, &wf).await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+    assert_eq!(
+        kubectl_logs(&ns.name, &format!("{name}-task-0"), "deploy"),
+        "release s3cr3t-from-the-secret\n"
+    );
+}
+
+#[tokio::test]
+async fn a_node_selector_matching_no_node_fails_the_run_with_the_schedulers_reason() {
+    let ns = node_namespace("node-unschedulable").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci_with(&ns.name, &root, &["--pending-timeout-seconds", "5"]);
+    let wf = workflow(
+        &ns.name,
+        r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {name: nowhere}
+spec:
+  podTemplate:
+    nodeSelector: {kube.ci/no-such-node: "true"}
+  steps:
+  - {name: never, image: alpine, commands: [sh, -c, "touch /kubeci/ran"]}
+"#,
+    );
+    let name = run(&ns, &wf).await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    let reason = status.reason.unwrap();
+    assert!(
+        reason.starts_with("task-0 failed: pod cannot be scheduled: 0/1 nodes are available")
+            && reason.contains("node affinity/selector")
+            && reason.ends_with("(still pending after 5s)"),
+        "the scheduler's own reason, after the worker's pending timeout: {reason}"
+    );
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let pod = pods.get(&format!("{name}-task-0")).await.unwrap();
+    assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Pending"), "the pod never left Pending");
+    let cleanup = pods.get(&format!("{name}-cleanup")).await.unwrap();
+    assert_eq!(
+        cleanup.status.unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "the cleanup pod selects no node"
+    );
 }

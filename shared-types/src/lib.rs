@@ -10,6 +10,7 @@ pub mod labels;
 pub mod limits;
 pub mod outcome;
 pub mod planner;
+pub mod pod;
 pub mod protocol;
 pub mod render;
 pub mod repo;
@@ -19,7 +20,10 @@ pub mod workflow;
 pub mod workplan;
 
 pub use planner::{Invalid, Limits, Problem};
+pub use pod::{PodTemplate, PodVolume, Retries};
 pub use request_state::{HistoryEntry, Job, JobState, RequestState, RequestStateSpec, RequestStateStatus};
 pub use trigger_record::{TriggerRecord, TriggerRecordSpec};
-pub use workflow::{RecordedObject, Step, Trigger, Workflow, WorkflowSpec, WorkflowStatus, WorkplanCounts};
+pub use workflow::{
+    RecordedObject, RunSettings, Step, Trigger, Workflow, WorkflowSpec, WorkflowStatus, WorkplanCounts,
+};
 pub use workplan::{EventKind, Phase, Task, TriggerEvent, Workplan, WorkplanSpec, WorkplanStatus};

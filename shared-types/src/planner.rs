@@ -73,6 +73,12 @@ pub enum Problem {
     InvalidTrigger { index: usize, field: &'static str, why: String },
     /// The Workflow's own name cannot be used (it is a label value on everything it creates).
     WorkflowName { name: String, why: &'static str },
+    /// A volume of `spec.podTemplate.volumes` that is wrong.
+    InvalidVolume { index: usize, field: &'static str, why: String },
+    /// A step's volume mount that is wrong: it names no volume, or mounts onto the workspace.
+    InvalidMount { index: usize, step: String, mount: usize, field: &'static str, why: String },
+    /// A step's retry policy out of range.
+    InvalidRetries { index: usize, step: String, field: &'static str, why: String },
 }
 
 impl fmt::Display for Problem {
@@ -114,6 +120,15 @@ impl fmt::Display for Problem {
                 write!(f, "spec.triggers[{index}].{field}: {why}")
             }
             Problem::WorkflowName { name, why } => write!(f, "metadata.name: {name:?} {why}"),
+            Problem::InvalidVolume { index, field, why } => {
+                write!(f, "spec.podTemplate.volumes[{index}].{field}: {why}")
+            }
+            Problem::InvalidMount { index, step, mount, field, why } => {
+                write!(f, "spec.steps[{index}].volumeMounts[{mount}].{field}: step {step:?} {why}")
+            }
+            Problem::InvalidRetries { index, step, field, why } => {
+                write!(f, "spec.steps[{index}].retries.{field}: step {step:?} {why}")
+            }
         }
     }
 }
@@ -177,6 +192,7 @@ fn check(spec: &WorkflowSpec, limits: &Limits) -> Result<StepGraph, Invalid> {
     for (index, trigger) in spec.triggers.iter().enumerate() {
         check_trigger(index, trigger, &mut problems);
     }
+    check_pod_settings(spec, &mut problems);
     match graph {
         Some(graph) if problems.is_empty() => Ok(graph),
         _ => Err(Invalid { problems }),
@@ -194,7 +210,7 @@ pub fn plan(workflow: &Workflow, trigger: TriggerEvent) -> Result<Workplan, Inva
     let uid = workflow.metadata.uid.clone().unwrap_or_default();
     let mut workplan = Workplan::new(
         &render::workplan_name(&name, &uid, &trigger),
-        WorkplanSpec { workflow: name.clone(), trigger, tasks },
+        WorkplanSpec { workflow: name.clone(), trigger, tasks, run: workflow.spec.run.clone() },
     );
     workplan.metadata.namespace = workflow.metadata.namespace.clone();
     workplan.metadata.labels = Some([(labels::WORKFLOW.to_string(), name)].into());
@@ -404,6 +420,131 @@ fn check_trigger(index: usize, trigger: &Trigger, problems: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// The pod template's volumes, the steps' mounts of them and the steps' retry policies. What
+/// the API server would refuse in a pod is refused here, naming the field, so that it shows on
+/// the Workflow instead of failing a run.
+fn check_pod_settings(spec: &WorkflowSpec, problems: &mut Vec<Problem>) {
+    let volumes = spec.run.pod_template.as_ref().map(|t| t.volumes.as_slice()).unwrap_or_default();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (index, volume) in volumes.iter().enumerate() {
+        let mut problem = |field, why: String| problems.push(Problem::InvalidVolume { index, field, why });
+        if volume.name == render::WORKSPACE_VOLUME {
+            problem(
+                "name",
+                format!(
+                    "{:?} is kubeci's own volume: the workspace, mounted at {}",
+                    volume.name,
+                    render::WORKSPACE_MOUNT_PATH
+                ),
+            );
+        } else if let Err(why) = check_dns1123_label(&volume.name) {
+            problem("name", format!("{:?} is not a valid volume name: {why}", volume.name));
+        } else if let Some(first) = names.insert(&volume.name, index) {
+            problem(
+                "name",
+                format!("volume name {:?} is already used by spec.podTemplate.volumes[{first}]", volume.name),
+            );
+        }
+        let sources = volume.sources();
+        if sources != 1 {
+            problem(
+                "name",
+                format!(
+                    "volume {:?} has {sources} sources; it needs exactly one of configMap, secret, persistentVolumeClaim and emptyDir",
+                    volume.name
+                ),
+            );
+        }
+    }
+    for (index, step) in spec.steps.iter().enumerate() {
+        let mut paths: HashMap<String, usize> = HashMap::new();
+        for (mount, volume_mount) in step.volume_mounts.iter().enumerate() {
+            let mut problem = |field, why: String| {
+                problems.push(Problem::InvalidMount { index, step: step.name.clone(), mount, field, why })
+            };
+            if volume_mount.name == render::WORKSPACE_VOLUME {
+                problem(
+                    "name",
+                    format!(
+                        "mounts {:?}, kubeci's own volume: the workspace is mounted at {} in every step already",
+                        volume_mount.name,
+                        render::WORKSPACE_MOUNT_PATH
+                    ),
+                );
+            } else if !names.contains_key(volume_mount.name.as_str()) {
+                problem(
+                    "name",
+                    format!(
+                        "mounts {:?}, which is not a volume of spec.podTemplate.volumes",
+                        volume_mount.name
+                    ),
+                );
+            }
+            if let Some(why) = mount_path_problem(&volume_mount.mount_path) {
+                problem(
+                    "mountPath",
+                    format!("mounts {:?} at {:?}: {why}", volume_mount.name, volume_mount.mount_path),
+                );
+            } else if let Some(first) = paths.insert(normalized(&volume_mount.mount_path), mount) {
+                problem(
+                    "mountPath",
+                    format!(
+                        "mounts {:?} at {:?}, where volumeMounts[{first}] is mounted already",
+                        volume_mount.name, volume_mount.mount_path
+                    ),
+                );
+            }
+        }
+        if let Some(retries) = &step.retries {
+            let mut problem = |field, why: String| {
+                problems.push(Problem::InvalidRetries { index, step: step.name.clone(), field, why })
+            };
+            if !(0..=crate::pod::MAX_RETRIES).contains(&retries.limit) {
+                problem(
+                    "limit",
+                    format!(
+                        "asks for {} retries; the limit is 0 to {}",
+                        retries.limit,
+                        crate::pod::MAX_RETRIES
+                    ),
+                );
+            }
+            if let Some(backoff) = retries.backoff_seconds
+                && !(0..=crate::pod::MAX_BACKOFF_SECONDS).contains(&backoff)
+            {
+                problem(
+                    "backoffSeconds",
+                    format!(
+                        "waits {backoff}s between attempts; the backoff is 0 to {}s",
+                        crate::pod::MAX_BACKOFF_SECONDS
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Why a step may not mount a volume at `path`: relative, with `..`, or at or under the
+/// workspace.
+fn mount_path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some("a mount path must be absolute".into());
+    }
+    if path.split('/').any(|segment| segment == "..") {
+        return Some("a mount path must not contain '..'".into());
+    }
+    let path = normalized(path);
+    let workspace = render::WORKSPACE_MOUNT_PATH;
+    (path == workspace || path.strip_prefix(workspace).is_some_and(|rest| rest.starts_with('/')))
+        .then(|| format!("the workspace is mounted at {workspace}; nothing may be mounted at or under it"))
+}
+
+/// An absolute `path` without empty or `.` segments: `/a//b/./` is `/a/b`.
+fn normalized(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    format!("/{}", segments.join("/"))
 }
 
 /// Why a trigger on `kind` in `api_version` would feed itself, if it would: kubeci writes these

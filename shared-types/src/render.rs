@@ -17,6 +17,7 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use crate::labels;
+use crate::pod::{PodTemplate, PodVolume};
 use crate::workflow::Step;
 use crate::workplan::{TriggerEvent, Workplan};
 
@@ -111,6 +112,9 @@ pub fn task_pod(
     let container = |step: &Step| step_container(step);
     let init_containers: Vec<Container> = task.serial_steps.iter().map(container).collect();
     let containers: Vec<Container> = task.parallel_steps.iter().map(container).collect();
+    let template = workplan.spec.run.pod_template.clone().unwrap_or_default();
+    let mut volumes = vec![workspace_volume(&meta, &workplan.spec.workflow, config)];
+    volumes.extend(mounted_volumes(&template, task.serial_steps.iter().chain(&task.parallel_steps)));
 
     Ok(Pod {
         metadata: ObjectMeta {
@@ -130,11 +134,33 @@ pub fn task_pod(
             restart_policy: Some("Never".to_string()),
             node_name: node.map(str::to_string),
             active_deadline_seconds: task_deadline(&task.serial_steps, &task.parallel_steps),
-            volumes: Some(vec![workspace_volume(&meta, &workplan.spec.workflow, config)]),
-            ..PodSpec::default()
+            volumes: Some(volumes),
+            node_selector: (!template.node_selector.is_empty()).then_some(template.node_selector),
+            affinity: template.affinity,
+            ..shared_pod_settings(workplan.spec.run.pod_template.as_ref())
         }),
         status: None,
     })
+}
+
+/// The template's settings that every pod of the run gets, the cleanup pod included: it runs
+/// where the tasks ran, so it must tolerate the same taints, and at the same priority.
+fn shared_pod_settings(template: Option<&PodTemplate>) -> PodSpec {
+    let Some(template) = template else { return PodSpec::default() };
+    PodSpec {
+        tolerations: non_empty(&template.tolerations),
+        image_pull_secrets: non_empty(&template.image_pull_secrets),
+        priority_class_name: template.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
+/// The template's volumes that `steps` mount, in the template's order: a pod holds only what its
+/// steps use, so that a task does not wait for a Secret or claim another task needs.
+fn mounted_volumes<'a>(template: &PodTemplate, steps: impl Iterator<Item = &'a Step>) -> Vec<Volume> {
+    let mounted: std::collections::BTreeSet<&str> =
+        steps.flat_map(|s| s.volume_mounts.iter().map(|m| m.name.as_str())).collect();
+    template.volumes.iter().filter(|v| mounted.contains(v.name.as_str())).map(PodVolume::to_volume).collect()
 }
 
 /// The pod that removes the Workplan's workspace directory on `node` (DESIGN.md §4): it mounts the
@@ -194,7 +220,7 @@ pub fn cleanup_pod(
                 }),
                 ..Volume::default()
             }]),
-            ..PodSpec::default()
+            ..shared_pod_settings(workplan.spec.run.pod_template.as_ref())
         }),
         status: None,
     })
@@ -300,11 +326,16 @@ fn step_container(step: &Step) -> Container {
         working_dir: step.working_dir.clone(),
         resources: step.resources.clone(),
         image_pull_policy: Some(step.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".to_string())),
-        volume_mounts: Some(vec![VolumeMount {
-            name: WORKSPACE_VOLUME.to_string(),
-            mount_path: WORKSPACE_MOUNT_PATH.to_string(),
-            ..VolumeMount::default()
-        }]),
+        env_from: non_empty(&step.env_from),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: WORKSPACE_VOLUME.to_string(),
+                mount_path: WORKSPACE_MOUNT_PATH.to_string(),
+                ..VolumeMount::default()
+            })
+            .chain(step.volume_mounts.iter().cloned())
+            .collect(),
+        ),
         ..Container::default()
     }
 }

@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, ResourceRequirements, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::limits::{MAX_DEPENDENCIES, MAX_NAME_LENGTH, MAX_STEPS};
+use crate::pod::{MAX_VOLUMES, PodTemplate, Retries};
 
 /// A Workflow is a DAG of container steps and the Kubernetes resources whose changes run it.
 ///
@@ -79,6 +80,28 @@ pub struct WorkflowSpec {
     /// wait, in order, in `status.pendingRuns` and start as soon as the cap allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RunLimits>,
+
+    /// What every run of this Workflow keeps from it when it starts (a later edit of the
+    /// Workflow does not change a run that started): the pod template and the run's deadline.
+    #[serde(flatten)]
+    pub run: RunSettings,
+}
+
+/// The settings a run takes from its Workflow when it starts and keeps in its Workplan.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSettings {
+    /// Settings of every pod of a run: node selector, tolerations, affinity, image pull secrets,
+    /// priority class and the volumes steps mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplate>,
+
+    /// The run's time budget in seconds, counted from the request of its first task; besides any
+    /// step's `timeoutSeconds`. A run past it has its pod stopped, its workspace cleaned up, and
+    /// ends Failed with reason `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
 }
 
 /// Caps on the Workplans a Workflow starts. Each unset field takes the director's default.
@@ -148,6 +171,21 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("imagePullPolicy must be one of Always, IfNotPresent, Never"))]
     pub image_pull_policy: Option<String>,
+
+    /// Volumes of `spec.podTemplate.volumes` mounted into this step's container. The workspace
+    /// is always mounted at `/kubeci`; nothing may be mounted at or under it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_VOLUMES))]
+    pub volume_mounts: Vec<VolumeMount>,
+
+    /// Environment variables of the container taken from every key of a ConfigMap or Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// Retry the step's task when it fails: how often and after how long. Unset: a failure
+    /// fails the run (unless another step of the same task asks for retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
 }
 
 /// A Kubernetes resource whose changes start a run of the workflow.

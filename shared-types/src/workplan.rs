@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_STEPS;
-use crate::workflow::Step;
+use crate::workflow::{RunSettings, Step};
 
 /// A Workplan is one run of a Workflow: the DAG compiled into an ordered list of tasks.
 ///
@@ -68,6 +68,10 @@ pub struct WorkplanSpec {
     /// is self-contained.
     #[schemars(length(min = 1, max = MAX_STEPS))]
     pub tasks: Vec<Task>,
+
+    /// The Workflow's pod template and deadline as they were when the run was planned.
+    #[serde(flatten)]
+    pub run: RunSettings,
 }
 
 /// One pod's worth of steps: serial steps run in order as init containers, then the parallel

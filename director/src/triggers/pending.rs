@@ -191,6 +191,7 @@ mod tests {
                     workflow: "wf".into(),
                     trigger: serde_json::from_value(serde_json::json!({"event": "Updated"})).unwrap(),
                     tasks: Vec::new(),
+                    run: Default::default(),
                 },
             ),
             event: EventKind::Updated,
