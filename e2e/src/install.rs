@@ -33,6 +33,21 @@ impl Images {
             Images { tag }
         })
     }
+
+    /// Tags the three images also as `tag` in the node's containerd, as a new release would be
+    /// tagged (for `helm upgrade` to a new tag).
+    pub fn retag(&self, tag: &str) {
+        let socket = LocalNode::containerd_socket();
+        for component in ["director", "workplan-operator", "worker"] {
+            let image = format!("{REGISTRY}/kubeci-{component}");
+            run(Command::new("ctr")
+                .arg("-a")
+                .arg(&socket)
+                .args(["-n", "k8s.io", "images", "tag", "--force"])
+                .arg(format!("{image}:{}", self.tag))
+                .arg(format!("{image}:{tag}")));
+        }
+    }
 }
 
 /// A Helm release of `charts/kubeci` in `namespace`, running the local images.

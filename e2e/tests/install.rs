@@ -14,11 +14,12 @@ use e2e::install::{REGISTRY, Release};
 use e2e::testenv::{FIELD_MANAGER, read_crds};
 use e2e::{LocalNode, TestEnv, eventually, node_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
-use shared_types::{Phase, Workflow, Workplan};
+use shared_types::{JobState, Phase, RequestState, Workflow, Workplan};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 const COMPONENTS: [&str; 3] = ["director", "workplan-operator", "worker"];
@@ -65,6 +66,79 @@ fn available(deployment: Option<&Deployment>) -> bool {
     let Some(status) = deployment.status.as_ref() else { return false };
     let condition = status.conditions.iter().flatten().any(|c| c.type_ == "Available" && c.status == "True");
     condition && status.available_replicas == Some(want) && status.updated_replicas == Some(want)
+}
+
+/// `count` Workflows `<prefix>-<i>` without triggers (each runs once when created): one task whose
+/// step sleeps `seconds`.
+fn create_workflows(ns: &str, prefix: &str, count: usize, seconds: u32) {
+    let yaml: String = (0..count)
+        .map(|i| {
+            format!(
+                "---\napiVersion: kube.ci/v1alpha1\nkind: Workflow\nmetadata: {{name: {prefix}-{i}, namespace: {ns}}}\n\
+                 spec:\n  steps:\n  - {{name: work, image: alpine, commands: [sh, -c, 'sleep {seconds}']}}\n"
+            )
+        })
+        .collect();
+    let out = kubectl_apply(&yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The Workplans of the Workflows `<prefix>-*`, once there are `count` and all are finished.
+async fn finished_runs(client: &kube::Client, ns: &str, prefix: &str, count: usize) -> Vec<Workplan> {
+    let api: Api<Workplan> = Api::namespaced(client.clone(), ns);
+    let what = format!("the {count} runs of {prefix}-* finish");
+    eventually(&what, TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let mine: Vec<Workplan> = api
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|wp| wp.spec.workflow.starts_with(&format!("{prefix}-")))
+                .collect();
+            let done = mine
+                .iter()
+                .all(|wp| wp.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished));
+            (mine.len() >= count && done).then_some(mine)
+        }
+    })
+    .await
+}
+
+/// Per run: how often each job was claimed (STARTED) and COMPLETED, and by which workers.
+async fn claims(client: &kube::Client, ns: &str, runs: &[Workplan]) -> (Vec<String>, Vec<String>) {
+    let api: Api<RequestState> = Api::namespaced(client.clone(), ns);
+    let (mut problems, mut workers) = (Vec::new(), Vec::new());
+    for wp in runs {
+        let name = wp.metadata.name.clone().unwrap();
+        let status = wp.status.as_ref().unwrap();
+        if status.phase != Some(Phase::Completed) {
+            problems.push(format!("{name} is {:?}: {:?}", status.phase, status.reason));
+        }
+        let history = api.get(&name).await.unwrap().status.unwrap_or_default().history;
+        for job in ["task-0", "cleanup"] {
+            let count = |state| history.iter().filter(|e| e.job == job && e.state == state).count();
+            if (count(JobState::Started), count(JobState::Completed)) != (1, 1) {
+                let trail: Vec<String> =
+                    history.iter().map(|e| format!("{} {:?} {:?}", e.job, e.state, e.worker)).collect();
+                problems.push(format!("{name}: {job} not claimed and completed exactly once: {trail:?}"));
+            }
+        }
+        workers
+            .extend(history.iter().filter(|e| e.state == JobState::Started).filter_map(|e| e.worker.clone()));
+    }
+    workers.sort();
+    workers.dedup();
+    (problems, workers)
+}
+
+/// The pod that holds Lease `name` in `ns`.
+async fn leader(client: &kube::Client, ns: &str, name: &str) -> String {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let lease = leases.get(name).await.unwrap_or_else(|e| panic!("Lease {name}: {e}"));
+    lease.spec.and_then(|s| s.holder_identity).unwrap_or_else(|| panic!("Lease {name} has no holder"))
 }
 
 /// The user ids (real, effective) of the host processes started as `/usr/local/bin/<binary>`:
@@ -162,7 +236,14 @@ async fn helm_install_runs_kubeci_as_pods_on_the_node() {
          \x20 - {{name: b, image: alpine, commands: [sh], args: [-c, 'true'], dependency: [a]}}\n",
         ns = workloads.name
     );
-    let denied = kubectl_apply(&cycle);
+    // kube-proxy programs a new Service's endpoints moments after they appear: until then the
+    // API server's call fails ("failed calling webhook"), which is not the answer under test.
+    let denied = eventually("the API server reaches the webhook through its Service", TIMEOUT, || {
+        let out = kubectl_apply(&cycle);
+        let reached = !String::from_utf8_lossy(&out.stderr).contains("failed calling webhook");
+        async move { reached.then_some(out) }
+    })
+    .await;
     let stderr = String::from_utf8_lossy(&denied.stderr);
     assert!(!denied.status.success(), "a Workflow with a cycle is refused");
     assert!(stderr.contains("admission webhook \"workflows.kube.ci\" denied the request"), "{stderr}");
@@ -220,6 +301,79 @@ async fn helm_install_runs_kubeci_as_pods_on_the_node() {
     let log = kubectl(&["logs", "-n", &workloads.name, &format!("{run}-task-1"), "-c", "step-5"]);
     let log = String::from_utf8_lossy(&log.stdout);
     assert_eq!(log.lines().collect::<Vec<_>>(), ["step-5", "file-1", "file-2", "file-3", "file-4"]);
+
+    // Four workers share 20 runs: each job claimed once, by at least three of them.
+    let scaled =
+        kubectl(&["scale", "-n", &system.name, "deployment", &release.object("worker"), "--replicas=4"]);
+    assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
+    let worker = release.object("worker");
+    let four = |d: Option<&Deployment>| {
+        available(d) && d.and_then(|d| d.status.as_ref()?.available_replicas) == Some(4)
+    };
+    tokio::time::timeout(TIMEOUT, await_condition(deployments.clone(), &worker, four))
+        .await
+        .expect("four workers Available")
+        .unwrap();
+    create_workflows(&workloads.name, "spread", 20, 2);
+    let runs = finished_runs(&client, &workloads.name, "spread", 20).await;
+    assert_eq!(runs.len(), 20, "one run per Workflow");
+    let (problems, workers) = claims(&client, &workloads.name, &runs).await;
+    assert_eq!(problems, Vec::<String>::new());
+    assert!(workers.len() >= 3, "the runs spread over at least three workers: {workers:?}");
+
+    // Mid-run, the leading director and operator pods are deleted and the release is upgraded to
+    // a new image tag: the standbys take over, the new pods roll out, every run completes once.
+    create_workflows(&workloads.name, "failover", 6, 8);
+    let workplans: Api<Workplan> = Api::namespaced(client.clone(), &workloads.name);
+    eventually("the failover runs are in flight", TIMEOUT, || {
+        let workplans = workplans.clone();
+        async move {
+            let running = workplans.list(&ListParams::default()).await.ok()?.items.into_iter().filter(|wp| {
+                wp.spec.workflow.starts_with("failover-")
+                    && wp.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running)
+            });
+            (running.count() == 6).then_some(())
+        }
+    })
+    .await;
+    let mut leaders = Vec::new();
+    for component in ["director", "workplan-operator"] {
+        let pod = leader(&client, &system.name, &release.object(component)).await;
+        pods.delete(&pod, &DeleteParams::default()).await.unwrap();
+        leaders.push((component, pod));
+    }
+    let upgraded = format!("{tag}-upgrade");
+    e2e::install::Images::get().retag(&upgraded);
+    release.helm("upgrade", &["--set", &format!("image.tag={upgraded}")]);
+    let runs = finished_runs(&client, &workloads.name, "failover", 6).await;
+    assert_eq!(runs.len(), 6, "one run per Workflow, none duplicated by the new leaders");
+    let (problems, _) = claims(&client, &workloads.name, &runs).await;
+    assert_eq!(problems, Vec::<String>::new());
+    for (component, old) in &leaders {
+        let lease = release.object(component);
+        let now = eventually(&format!("a new {component} leads"), TIMEOUT, || {
+            let client = client.clone();
+            let (ns, lease) = (system.name.clone(), lease.clone());
+            async move {
+                let holder = leader(&client, &ns, &lease).await;
+                (&holder != old).then_some(holder)
+            }
+        })
+        .await;
+        assert!(now.starts_with(&release.object(component)), "{now}");
+    }
+    for component in COMPONENTS {
+        let name = release.object(component);
+        let rolled = |d: Option<&Deployment>| {
+            available(d)
+                && d.and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers[0].image.clone())
+                    .is_some_and(|image| image.ends_with(&format!(":{upgraded}")))
+        };
+        tokio::time::timeout(TIMEOUT, await_condition(deployments.clone(), &name, rolled))
+            .await
+            .unwrap_or_else(|_| panic!("{name} rolled out to {upgraded}"))
+            .unwrap();
+    }
 
     // The metrics Service answers through the API server's service proxy.
     let path = format!(
