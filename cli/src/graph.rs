@@ -59,8 +59,17 @@ impl Graph {
     /// The graph of `workflow` as planned into `workplan` (the planner has validated it: every
     /// dependency names a step and there is no cycle).
     pub fn new(workflow: &Workflow, workplan: &Workplan) -> Graph {
+        // The Workplan holds full copies of the Workflow's steps, dependencies included.
+        Graph { workflow: workflow.metadata.name.clone().unwrap_or_default(), ..Graph::of_workplan(workplan) }
+    }
+
+    /// The graph of a Workplan alone (its Workflow may have changed or be gone since): the
+    /// steps carry their dependencies. A Workplan the API server accepted but whose dependencies
+    /// name no step or loop is still drawn: unknown dependencies are ignored, a loop is cut.
+    pub fn of_workplan(workplan: &Workplan) -> Graph {
+        let steps = workplan.spec.tasks.iter().flat_map(|t| t.serial_steps.iter().chain(&t.parallel_steps));
         let dependencies: HashMap<&str, &[String]> =
-            workflow.spec.steps.iter().map(|s| (s.name.as_str(), s.dependency.as_slice())).collect();
+            steps.map(|s| (s.name.as_str(), s.dependency.as_slice())).collect();
         let levels = levels(&dependencies);
         let mut nodes = Vec::new();
         for (task, t) in workplan.spec.tasks.iter().enumerate() {
@@ -79,11 +88,7 @@ impl Graph {
                 });
             }
         }
-        Graph {
-            workflow: workflow.metadata.name.clone().unwrap_or_default(),
-            nodes,
-            tasks: workplan.spec.tasks.len(),
-        }
+        Graph { workflow: workplan.spec.workflow.clone(), nodes, tasks: workplan.spec.tasks.len() }
     }
 
     fn task_nodes(&self, task: usize) -> impl Iterator<Item = &Node> {
@@ -159,6 +164,17 @@ impl Graph {
     /// task a shaded band behind its columns (a task's levels are consecutive), and an arrow
     /// from each dependency to its dependant.
     pub fn svg(&self) -> String {
+        self.draw(None)
+    }
+
+    /// [`Graph::svg`] with each step's state (`Running`, `Failed`, ...): a colour, the state
+    /// under the name, and `data-step` / `data-state` attributes a page can read. Steps missing
+    /// from `states` are drawn without one.
+    pub fn svg_with_states(&self, states: &HashMap<String, String>) -> String {
+        self.draw(Some(states))
+    }
+
+    fn draw(&self, states: Option<&HashMap<String, String>>) -> String {
         const BOX_W: usize = 150;
         const BOX_H: usize = 44;
         const COL_GAP: usize = 70;
@@ -221,18 +237,34 @@ impl Graph {
             for dependency in &node.dependencies {
                 let Some(&(x1, y1)) = position.get(dependency.as_str()) else { continue };
                 let (sx, sy, ex, ey) = (x1 + BOX_W, y1 + BOX_H / 2, x2, y2 + BOX_H / 2);
-                let bend = (ex - sx) / 2;
+                // Signed: in a malformed Workplan an edge can point back to an earlier column.
+                let bend = (ex as i64 - sx as i64) / 2;
                 let _ = writeln!(
                     out,
                     "  <path class=\"edge\" d=\"M {sx} {sy} C {} {sy}, {} {ey}, {ex} {ey}\" fill=\"none\" stroke=\"#555\" marker-end=\"url(#arrow)\"/>",
-                    sx + bend,
-                    ex - bend
+                    sx as i64 + bend,
+                    ex as i64 - bend
                 );
             }
         }
         for node in &self.nodes {
             let (x, y) = position[node.name.as_str()];
             let dash = if node.mode == Mode::Serial { " stroke-dasharray=\"5 3\"" } else { "" };
+            if let Some(states) = states {
+                let state = states.get(&node.name).map(String::as_str).unwrap_or("Unknown");
+                let (fill, stroke) = state_colours(state);
+                let _ = writeln!(
+                    out,
+                    "  <g class=\"step\" id=\"step-{name}\" data-step=\"{name}\" data-state=\"{state}\"><rect x=\"{x}\" y=\"{y}\" width=\"{BOX_W}\" height=\"{BOX_H}\" rx=\"6\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"2\"{dash}/><text x=\"{tx}\" y=\"{ty}\" text-anchor=\"middle\">{name}</text><text class=\"state\" x=\"{tx}\" y=\"{my}\" text-anchor=\"middle\" font-size=\"10\" fill=\"#333\">{mode} · {state}</text></g>",
+                    name = escape(&node.name),
+                    state = escape(state),
+                    tx = x + BOX_W / 2,
+                    ty = y + 19,
+                    my = y + 34,
+                    mode = node.mode.as_str(),
+                );
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "  <g class=\"step\" id=\"step-{name}\"><rect x=\"{x}\" y=\"{y}\" width=\"{BOX_W}\" height=\"{BOX_H}\" rx=\"6\" fill=\"white\" stroke=\"#333\"{dash}/><text x=\"{tx}\" y=\"{ty}\" text-anchor=\"middle\">{name}</text><text x=\"{tx}\" y=\"{my}\" text-anchor=\"middle\" font-size=\"10\" fill=\"#777\">{mode}</text></g>",
@@ -248,6 +280,17 @@ impl Graph {
     }
 }
 
+/// Fill and outline of a step in `state`.
+fn state_colours(state: &str) -> (&'static str, &'static str) {
+    match state {
+        "Succeeded" => ("#dff3e4", "#2e7d32"),
+        "Running" => ("#e3f0ff", "#1565c0"),
+        "Failed" => ("#fde2e1", "#c62828"),
+        "Skipped" => ("#f1f1f1", "#9e9e9e"),
+        _ => ("#ffffff", "#555555"),
+    }
+}
+
 /// Each step's level: 0 without dependencies, else one more than its deepest dependency.
 /// `dependencies` is acyclic and closed (the planner checked it).
 pub fn levels<'a>(dependencies: &HashMap<&'a str, &'a [String]>) -> HashMap<&'a str, usize> {
@@ -259,6 +302,9 @@ pub fn levels<'a>(dependencies: &HashMap<&'a str, &'a [String]>) -> HashMap<&'a 
         if let Some(&l) = memo.get(step) {
             return l;
         }
+        // Provisional: a step met again while its own level is computed closes a loop, which
+        // only a malformed Workplan can hold; cut it there instead of recursing forever.
+        memo.insert(step, 0);
         let l = dependencies
             .get(step)
             .into_iter()
@@ -371,6 +417,46 @@ mod tests {
         };
         assert_eq!(x("step-2"), x("step-3"));
         assert!(x("step-1") < x("step-2") && x("step-4") < x("step-5"));
+    }
+
+    #[test]
+    fn a_run_is_drawn_with_each_steps_state_from_the_workplan_alone() {
+        let workflow: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+        let workplan = planner::plan(&workflow, TriggerEvent::manual(None)).unwrap();
+        let graph = Graph::of_workplan(&workplan);
+        assert_eq!(graph, seed());
+        let states: HashMap<String, String> =
+            [("step-1", "Succeeded"), ("step-4", "Running")].map(|(a, b)| (a.into(), b.into())).into();
+        let svg = graph.svg_with_states(&states);
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed");
+        let drawn: Vec<(&str, &str)> = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("step"))
+            .map(|n| (n.attribute("data-step").unwrap(), n.attribute("data-state").unwrap()))
+            .collect();
+        assert_eq!(
+            drawn,
+            [
+                ("step-1", "Succeeded"),
+                ("step-2", "Unknown"),
+                ("step-3", "Unknown"),
+                ("step-4", "Running"),
+                ("step-5", "Unknown")
+            ]
+        );
+        assert!(svg.contains(">serial · Running</text>"), "{svg}");
+        // Without states, the plain drawing.
+        assert!(!graph.svg().contains("data-state"));
+    }
+
+    #[test]
+    fn a_dependency_loop_in_a_malformed_workplan_is_cut_not_followed_forever() {
+        let workflow: Workflow = serde_yaml::from_str(shared_types::repo::SEED_WORKFLOW).unwrap();
+        let mut workplan = planner::plan(&workflow, TriggerEvent::manual(None)).unwrap();
+        workplan.spec.tasks[0].serial_steps[0].dependency = vec!["step-5".into(), "nowhere".into()];
+        let graph = Graph::of_workplan(&workplan);
+        assert_eq!(graph.nodes.len(), 5);
+        assert!(roxmltree::Document::parse(&graph.svg()).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod plan;
 pub mod run;
 pub mod status;
+pub mod ui;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -72,6 +73,17 @@ pub enum Command {
     /// the run to end, `--follow` streams every step's log on the way; both exit with status 1
     /// when the run fails.
     Run(RunArgs),
+
+    /// Serve a live web view of the namespace's Workflows and runs on loopback, and print its
+    /// URL.
+    ///
+    /// The page lists the Workflows and their runs, draws a run's DAG with each step's state as
+    /// it changes (watches, no polling) and streams a step's log when it is clicked. It reads the
+    /// cluster with your kubeconfig, so it shows exactly what you may read; it answers only
+    /// requests for its own address (`Host` and `Origin` are checked). JSON under `/api/`:
+    /// `workflows`, `workplans/NAME`, and the event streams `workplans/NAME/events` and
+    /// `workplans/NAME/logs?step=S`.
+    Ui(ui::UiArgs),
 
     /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
     Completion {
@@ -197,6 +209,8 @@ pub enum Error {
     RunFailed { workplan: String, reason: String },
     #[error("error: the watch of Workplan {0} ended")]
     WatchEnded(String),
+    #[error(transparent)]
+    Ui(#[from] ui::UiError),
     #[error("error: writing the output: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -225,6 +239,10 @@ pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Resu
             };
             let cluster = args.cluster.connect().await?;
             run::run(&cluster, name, follow, run.timeout, out, &mut std::io::stderr()).await?;
+        }
+        Command::Ui(ui) => {
+            let cluster = args.cluster.connect().await?;
+            ui::serve(cluster, ui, out).await?;
         }
         Command::Completion { shell } => {
             clap_complete::generate(*shell, &mut Args::command(), "kubectl-kubeci", out);

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use shared_types::{Workplan, labels};
+use shared_types::{RequestState, Workplan, labels};
 use tokio::sync::{mpsc, watch};
 
 use crate::graph::Mode;
@@ -29,6 +29,37 @@ pub struct Snapshot {
     pub pods: BTreeMap<String, Pod>,
     /// Pods seen and then deleted.
     pub deleted: BTreeSet<String>,
+    /// The run's RequestState, when watched (`None` before the operator created it).
+    pub request: Option<RequestState>,
+}
+
+/// One line of a run's log, or a word on what the reader waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    Log { step: String, text: String },
+    Progress(String),
+}
+
+/// How far [`stream`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// What the steps have logged so far; steps not started are passed over.
+    Now,
+    /// Live, up to the end of the last step read.
+    StepsEnd,
+    /// Live, up to the Workplan's final phase (after its cleanup), which ends with a
+    /// [`Line::Progress`] naming it.
+    RunEnd,
+}
+
+/// Aborts a spawned task when dropped, so that a reader dropped half-way (a client gone) ends
+/// its watches too.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One step to read: its task, name and whether it is an init container.
@@ -168,12 +199,40 @@ pub async fn logs(
     out: &mut dyn Write,
     progress: &mut dyn Write,
 ) -> Result<(), Error> {
+    let (lines, mut incoming) = mpsc::unbounded_channel::<Line>();
+    let until = if follow { Until::RunEnd } else { Until::Now };
+    let read = async move { stream(cluster, name, step, until, &lines).await };
+    let print = async {
+        while let Some(line) = incoming.recv().await {
+            match line {
+                Line::Log { step, text } => writeln!(out, "[{step}] {text}")?,
+                Line::Progress(text) => writeln!(progress, "{text}")?,
+            }
+            out.flush()?;
+        }
+        Ok::<_, Error>(())
+    };
+    let (read, printed) = futures::join!(read, print);
+    read?;
+    printed
+}
+
+/// Sends the log lines of `name` (or of its step `step`) to `lines` in execution order, reading
+/// as far as `until` says.
+pub async fn stream(
+    cluster: &Cluster,
+    name: &str,
+    step: Option<&str>,
+    until: Until,
+    lines: &mpsc::UnboundedSender<Line>,
+) -> Result<(), Error> {
     let workplan: Workplan = cluster.get(name).await?;
     let stages = stages(&workplan, step)?;
     let full_name = name_of(&workplan);
+    let follow = until != Until::Now;
     let (tx, rx) = watch::channel(Snapshot { workplan: Some(workplan), ..Snapshot::default() });
-    let watches = if follow {
-        Some(tokio::spawn(keep_current(cluster.clone(), name.to_string(), tx)))
+    let _watches = if follow {
+        Some(AbortOnDrop(tokio::spawn(keep_current(cluster.clone(), name.to_string(), tx, false))))
     } else {
         let pods = cluster
             .api::<Pod>()
@@ -190,43 +249,36 @@ pub async fn logs(
         None
     };
     let reader = Reader { pods: cluster.api::<Pod>(), name: full_name.clone(), follow };
-    let result = async {
-        for stage in &stages {
-            reader.stage(stage, rx.clone(), out, progress).await?;
-        }
-        if follow {
-            // The run ends when the Workplan reaches its final phase, after the cleanup.
-            let mut rx = rx.clone();
-            let last = rx
-                .wait_for(|s| {
-                    s.workplan.as_ref().is_none_or(|w| {
-                        w.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished())
-                    })
-                })
-                .await
-                .map_err(|_| Error::WatchEnded(full_name.clone()))?
-                .clone();
-            match last.workplan.and_then(|w| w.status) {
-                Some(status) => {
-                    let phase = format!("{:?}", status.phase.unwrap_or_default());
-                    let reason = status.reason.map(|r| format!(": {r}")).unwrap_or_default();
-                    let _ = writeln!(progress, "Workplan {full_name} {phase}{reason}");
-                }
-                None => {
-                    return Err(Error::WorkplanDeleted {
-                        workplan: full_name.clone(),
-                        step: "(the end of the run)".into(),
-                    });
-                }
+    for stage in &stages {
+        reader.stage(stage, rx.clone(), lines).await?;
+    }
+    if until == Until::RunEnd {
+        // The run ends when the Workplan reaches its final phase, after the cleanup.
+        let mut rx = rx.clone();
+        let last = rx
+            .wait_for(|s| {
+                s.workplan
+                    .as_ref()
+                    .is_none_or(|w| w.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
+            })
+            .await
+            .map_err(|_| Error::WatchEnded(full_name.clone()))?
+            .clone();
+        match last.workplan.and_then(|w| w.status) {
+            Some(status) => {
+                let phase = format!("{:?}", status.phase.unwrap_or_default());
+                let reason = status.reason.map(|r| format!(": {r}")).unwrap_or_default();
+                let _ = lines.send(Line::Progress(format!("Workplan {full_name} {phase}{reason}")));
+            }
+            None => {
+                return Err(Error::WorkplanDeleted {
+                    workplan: full_name.clone(),
+                    step: "(the end of the run)".into(),
+                });
             }
         }
-        Ok(())
     }
-    .await;
-    if let Some(watches) = watches {
-        watches.abort();
-    }
-    result
+    Ok(())
 }
 
 struct Reader {
@@ -236,50 +288,31 @@ struct Reader {
 }
 
 impl Reader {
-    /// Reads every step of a stage, their lines interleaved as they come.
+    /// Reads every step of a stage. Followed, the steps of a stage run together and their lines
+    /// interleave as they come; read afterwards, each step's log is sent whole, in declaration
+    /// order.
     async fn stage(
         &self,
         stage: &[StepRef],
         rx: watch::Receiver<Snapshot>,
-        out: &mut dyn Write,
-        progress: &mut dyn Write,
+        lines: &mpsc::UnboundedSender<Line>,
     ) -> Result<(), Error> {
-        let (lines, mut incoming) = mpsc::unbounded_channel::<Line>();
-        // Followed, the steps of a stage run together and their lines interleave as they come;
-        // read afterwards, each step's log is printed whole, in declaration order.
-        let steps = async move {
-            if self.follow {
-                futures::future::try_join_all(
-                    stage.iter().map(|step| self.step(step, rx.clone(), lines.clone())),
-                )
+        if self.follow {
+            futures::future::try_join_all(stage.iter().map(|step| self.step(step, rx.clone(), lines)))
                 .await?;
-            } else {
-                for step in stage {
-                    self.step(step, rx.clone(), lines.clone()).await?;
-                }
+        } else {
+            for step in stage {
+                self.step(step, rx.clone(), lines).await?;
             }
-            Ok::<_, Error>(())
-        };
-        let print = async {
-            while let Some(line) = incoming.recv().await {
-                match line {
-                    Line::Log(text) => writeln!(out, "{text}")?,
-                    Line::Progress(text) => writeln!(progress, "{text}")?,
-                }
-                out.flush()?;
-            }
-            Ok::<_, Error>(())
-        };
-        let (steps, printed) = futures::join!(steps, print);
-        steps?;
-        printed
+        }
+        Ok(())
     }
 
     async fn step(
         &self,
         step: &StepRef,
         mut rx: watch::Receiver<Snapshot>,
-        lines: mpsc::UnboundedSender<Line>,
+        lines: &mpsc::UnboundedSender<Line>,
     ) -> Result<(), Error> {
         let mut said = None;
         let pod = loop {
@@ -313,7 +346,7 @@ impl Reader {
         loop {
             match stream_lines.try_next().await {
                 Ok(Some(line)) => {
-                    let _ = lines.send(Line::Log(format!("[{}] {line}", step.name)));
+                    let _ = lines.send(Line::Log { step: step.name.clone(), text: line });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -336,32 +369,72 @@ impl Reader {
     }
 }
 
-enum Line {
-    Log(String),
-    Progress(String),
-}
-
-/// Keeps `tx` current from a watch of the Workplan and one of its pods.
-async fn keep_current(cluster: Cluster, name: String, tx: watch::Sender<Snapshot>) {
-    let workplans = watcher::watcher(
-        cluster.api::<Workplan>(),
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
-    )
-    .default_backoff();
+/// Keeps `tx` current from a watch of the Workplan and one of its pods, and with `request` one
+/// of its RequestState.
+pub async fn keep_current(cluster: Cluster, name: String, tx: watch::Sender<Snapshot>, request: bool) {
+    let _counted = Watching::start();
+    let by_name = || watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let workplans = watcher::watcher(cluster.api::<Workplan>(), by_name()).default_backoff();
     let pods = watcher::watcher(
         cluster.api::<Pod>(),
         watcher::Config::default().labels(&format!("{}={name}", labels::WORKPLAN)),
     )
     .default_backoff();
-    let (mut workplans, mut pods) = (std::pin::pin!(workplans), std::pin::pin!(pods));
+    // Lazy: no request to the API server unless polled.
+    let requests = watcher::watcher(cluster.api::<RequestState>(), by_name()).default_backoff();
+    let (mut workplans, mut pods, mut requests) =
+        (std::pin::pin!(workplans), std::pin::pin!(pods), std::pin::pin!(requests));
     let mut relisting: Option<BTreeMap<String, Pod>> = None;
-    let mut workplan_seen = false;
+    let (mut workplan_seen, mut request_seen) = (false, false);
     loop {
         tokio::select! {
             Some(event) = workplans.next() => on_workplan(event, &tx, &mut workplan_seen),
             Some(event) = pods.next() => on_pod(event, &tx, &mut relisting),
+            Some(event) = requests.next(), if request => on_request(event, &tx, &mut request_seen),
             else => break,
         }
+    }
+}
+
+/// How many [`keep_current`]s run in this process: each holds its watches open until it ends
+/// (`kubectl kubeci ui` reports it, so that a test can see a stream's watches end).
+static WATCHING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The number of runs being watched now.
+pub fn watching() -> usize {
+    WATCHING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts one run watched for as long as it lives (an aborted task drops it too).
+struct Watching;
+
+impl Watching {
+    fn start() -> Watching {
+        WATCHING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Watching
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        WATCHING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn on_request(
+    event: Result<Event<RequestState>, watcher::Error>,
+    tx: &watch::Sender<Snapshot>,
+    seen: &mut bool,
+) {
+    match event {
+        Ok(Event::Apply(r) | Event::InitApply(r)) => {
+            *seen = true;
+            tx.send_modify(|s| s.request = Some(r));
+        }
+        Ok(Event::Delete(_)) => tx.send_modify(|s| s.request = None),
+        Ok(Event::Init) => *seen = false,
+        Ok(Event::InitDone) if !*seen => tx.send_modify(|s| s.request = None),
+        _ => {}
     }
 }
 
@@ -439,6 +512,7 @@ mod tests {
             workplan: Some(wp),
             pods: pods.into_iter().map(|p| (p.metadata.name.clone().unwrap(), p)).collect(),
             deleted: BTreeSet::new(),
+            request: None,
         }
     }
 

@@ -527,3 +527,355 @@ async fn run_starts_a_manual_run_and_waits_for_its_end() {
     assert!(suspended.contains("spec.suspend"), "{suspended}");
     assert!(fails(n, &["run", "wp/my-workflow"]).await.contains("is not a Workflow"));
 }
+
+/// A stand-in kubelet for the Node the plugin tests bind pods to: it serves
+/// `/containerLogs/NS/POD/CONTAINER` over TLS (the API server checks no kubelet certificate here)
+/// with two lines naming the container and the pod, so that logs can be read without containers.
+/// One per test binary, on a thread of its own (each test has its own runtime); `node-a`'s
+/// status points the API server at it.
+struct FakeKubelet;
+
+impl FakeKubelet {
+    /// The log the stand-in serves for `container` of `pod`.
+    fn log(pod: &str, container: &str) -> String {
+        format!("{container} says hello from {pod}\n{container} done\n")
+    }
+
+    /// Starts the stand-in (once) and points `node-a` at it.
+    async fn serve_node_a(ns: &TestNamespace) {
+        static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+        let port = *PORT.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let certified =
+                        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+                    let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+                        certified.cert.pem().into_bytes(),
+                        certified.signing_key.serialize_pem().into_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                    let app = axum::Router::new().route(
+                        "/containerLogs/{ns}/{pod}/{container}",
+                        axum::routing::get(
+                            |axum::extract::Path((_, pod, container)): axum::extract::Path<(
+                                String,
+                                String,
+                                String,
+                            )>| async move { FakeKubelet::log(&pod, &container) },
+                        ),
+                    );
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    listener.set_nonblocking(true).unwrap();
+                    tx.send(listener.local_addr().unwrap().port()).unwrap();
+                    axum_server::from_tcp_rustls(listener, config)
+                        .unwrap()
+                        .serve(app.into_make_service())
+                        .await
+                        .unwrap();
+                });
+            });
+            rx.recv().expect("the stand-in kubelet listens")
+        });
+        let status = json!({"status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+        }});
+        Api::<k8s_openapi::api::core::v1::Node>::all(ns.client.clone())
+            .patch_status(
+                NODE,
+                &PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() },
+                &Patch::Merge(status),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// `kubectl kubeci ui` on a free loopback port, killed when dropped.
+struct UiServer {
+    _child: tokio::process::Child,
+    /// `127.0.0.1:PORT`
+    host: String,
+    url: String,
+}
+
+impl UiServer {
+    async fn start(ns: &str) -> UiServer {
+        let mut child = plugin(ns).args(["ui", "--port", "0"]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = tokio::time::timeout(TIMEOUT, stdout.next_line())
+            .await
+            .expect("kubectl kubeci ui prints its URL")
+            .unwrap()
+            .expect("a line");
+        let host =
+            url.strip_prefix("http://").and_then(|u| u.strip_suffix('/')).unwrap_or_else(|| panic!("{url}"));
+        UiServer { host: host.to_string(), url: url.clone(), _child: child }
+    }
+
+    /// Sends `GET path` (HTTP/1.0, so the body ends with the connection) with `Host: host` and
+    /// extra headers; returns the connection for streams.
+    async fn open(&self, path: &str, headers: &[(&str, &str)]) -> BufReader<tokio::net::TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(&self.host).await.unwrap();
+        let mut request = format!("GET {path} HTTP/1.0\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            request.push_str(&format!("Host: {}\r\n", self.host));
+        }
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        BufReader::new(stream)
+    }
+
+    /// Status, headers (lower-case names) and body of `GET path`.
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+        use tokio::io::AsyncReadExt;
+        let mut response = String::new();
+        tokio::time::timeout(TIMEOUT, self.open(path, headers).await.read_to_string(&mut response))
+            .await
+            .unwrap_or_else(|_| panic!("GET {path} answered within {TIMEOUT:?}"))
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{response}"));
+        let mut lines = head.lines();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, body.to_string())
+    }
+
+    /// The JSON of `GET path`, which must answer `status`.
+    async fn json(&self, path: &str, status: u16) -> Value {
+        let (code, headers, body) = self.get(path, &[]).await;
+        assert_eq!(code, status, "GET {path}: {body}");
+        assert!(headers.contains(&("content-type".into(), "application/json".into())), "{headers:?}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    async fn watching(&self) -> u64 {
+        self.json("/api/stats", 200).await["watching"].as_u64().unwrap()
+    }
+}
+
+/// Reads Server-Sent Events: the next `(event, data)`, skipping the response head and comments.
+async fn next_event(stream: &mut BufReader<tokio::net::TcpStream>) -> (String, String) {
+    let (mut event, mut data) = (String::new(), Vec::new());
+    loop {
+        let mut line = String::new();
+        let read =
+            tokio::time::timeout(TIMEOUT, stream.read_line(&mut line)).await.expect("an event").unwrap();
+        assert!(read > 0, "the stream ended before an event");
+        let line = line.trim_end_matches(['\r', '\n']);
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = e.to_string();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+        } else if line.is_empty() && !event.is_empty() {
+            return (event, data.join("\n"));
+        }
+    }
+}
+
+/// The `(step, state)` of every step of a run view (`/api/workplans/NAME` or a `run` event).
+fn step_states(view: &Value) -> Vec<(String, String)> {
+    view["tree"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["steps"].as_array().unwrap())
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn states(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+/// The web view's API on a run half-way: the Workflows and runs, a run's steps and DAG, its
+/// live updates when a pod changes, a finished step's log; and the hostile cases: names that
+/// could not be objects, a missing Workplan or step, a malformed Workplan, a foreign Host or
+/// Origin, a client that goes away mid-stream (the watches end).
+#[tokio::test]
+async fn ui_serves_runs_and_logs_live_and_refuses_what_is_not_its_own() {
+    let ns = pod_namespace("plugin-ui-api").await;
+    let n = ns.name.as_str();
+    FakeKubelet::serve_node_a(&ns).await;
+    let workplan = seed_run_half_way(&ns).await;
+    let name = workplan.metadata.name.clone().unwrap();
+    let ui = UiServer::start(n).await;
+
+    let page = ui.get("/", &[]).await;
+    assert_eq!(page.0, 200);
+    assert!(page.2.contains("<script src=\"/ui.js\"></script>"), "{}", page.2);
+    let csp = page.1.iter().find(|(k, _)| k == "content-security-policy").expect("a CSP").1.clone();
+    assert!(csp.starts_with("default-src 'none'; script-src 'self';"), "{csp}");
+
+    let listed = ui.json("/api/workflows", 200).await;
+    assert_eq!(listed["namespace"], n);
+    assert_eq!(listed["workflows"][0]["workflow"], "my-workflow");
+    assert_eq!(listed["workflows"][0]["runs"][0]["name"], name.as_str());
+    assert_eq!(listed["workflows"][0]["runs"][0]["phase"], "Running");
+
+    let half_way = states(&[
+        ("step-1", "Succeeded"),
+        ("step-2", "Succeeded"),
+        ("step-3", "Succeeded"),
+        ("step-4", "Running"),
+        ("step-5", "Waiting"),
+    ]);
+    let view = ui.json(&format!("/api/workplans/{name}"), 200).await;
+    assert_eq!(step_states(&view), half_way);
+    let svg = view["svg"].as_str().unwrap();
+    assert!(svg.contains("data-step=\"step-4\" data-state=\"Running\""), "{svg}");
+
+    // Live: the kubelet reports step-4 done and step-5 running; the open stream says so.
+    let mut events = ui.open(&format!("/api/workplans/{name}/events?namespace={n}"), &[]).await;
+    let (event, data) = next_event(&mut events).await;
+    assert_eq!(event, "run");
+    assert_eq!(step_states(&serde_json::from_str(&data).unwrap()), half_way);
+    e2e::eventually("the run's watches", TIMEOUT, || async { (ui.watching().await == 1).then_some(()) })
+        .await;
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
+    let status = json!({"status": {
+        "phase": "Running",
+        "initContainerStatuses": [container("step-4", terminated(0, "2026-01-01T10:00:07Z", "2026-01-01T10:00:09Z"))],
+        "containerStatuses": [container("step-5", json!({"running": {"startedAt": "2026-01-01T10:00:10Z"}}))],
+    }});
+    Api::<Pod>::namespaced(ns.client.clone(), n)
+        .patch_status(&format!("{name}-task-1"), &params, &Patch::Merge(status))
+        .await
+        .unwrap();
+    let (event, data) = next_event(&mut events).await;
+    assert_eq!(event, "run");
+    assert_eq!(
+        step_states(&serde_json::from_str(&data).unwrap()),
+        states(&[
+            ("step-1", "Succeeded"),
+            ("step-2", "Succeeded"),
+            ("step-3", "Succeeded"),
+            ("step-4", "Succeeded"),
+            ("step-5", "Running"),
+        ])
+    );
+    // The client goes away: its watches end.
+    drop(events);
+    e2e::eventually("the watches of a closed stream to end", TIMEOUT, || async {
+        (ui.watching().await == 0).then_some(())
+    })
+    .await;
+
+    // A finished step's log, read through the API server (from the stand-in kubelet), then the end.
+    let mut log = ui.open(&format!("/api/workplans/{name}/logs?step=step-2"), &[]).await;
+    let mut got = Vec::new();
+    loop {
+        let (event, data) = next_event(&mut log).await;
+        match event.as_str() {
+            "line" => {
+                got.push(serde_json::from_str::<Value>(&data).unwrap()["text"].as_str().unwrap().to_string())
+            }
+            "end" => break,
+            // Before its watch has listed the pods it may say it waits for the pod.
+            "wait" => {}
+            other => panic!("unexpected {other}: {data}"),
+        }
+    }
+    let task_0 = format!("{name}-task-0");
+    assert_eq!(got.join("\n") + "\n", FakeKubelet::log(&task_0, "step-2"));
+    e2e::eventually("the log's watches to end", TIMEOUT, || async {
+        (ui.watching().await == 0).then_some(())
+    })
+    .await;
+
+    // Hostile: names that could not be objects, missing objects, a step that does not exist.
+    for (path, status, error) in [
+        ("/api/workplans/nope".to_string(), 404, format!("Workplan \"nope\" not found in namespace \"{n}\"")),
+        (
+            "/api/workplans/nope/events".to_string(),
+            404,
+            format!("Workplan \"nope\" not found in namespace \"{n}\""),
+        ),
+        (
+            "/api/workplans/..%2F..%2Fsecrets/logs".to_string(),
+            400,
+            "\"../../secrets\" is not a valid Workplan name (lower-case letters, digits, '-' and '.')"
+                .to_string(),
+        ),
+        (
+            "/api/workplans/%3Cimg%20src%3Dx%3E".to_string(),
+            400,
+            "\"<img src=x>\" is not a valid Workplan name (lower-case letters, digits, '-' and '.')"
+                .to_string(),
+        ),
+        (
+            "/api/workflows?namespace=..%2Fkube-system".to_string(),
+            400,
+            "\"../kube-system\" is not a valid namespace name (lower-case letters, digits, '-' and '.')"
+                .to_string(),
+        ),
+        (
+            format!("/api/workplans/{name}/logs?step=step-9"),
+            404,
+            format!(
+                "Workplan {n}/{name} has no step \"step-9\" (its steps: step-1, step-2, step-3, step-4, step-5)"
+            ),
+        ),
+    ] {
+        assert_eq!(ui.json(&path, status).await, json!({"error": error}), "GET {path}");
+    }
+
+    // A Workplan the API server stores and kubeci's types refuse: named with its field, and
+    // listed as malformed.
+    let workplans: Api<Workplan> = Api::namespaced(ns.client.clone(), n);
+    let broken = planner::plan(&seed(n), TriggerEvent::manual(Some("2".into()))).unwrap();
+    let broken = workplans.create(&PostParams::default(), &broken).await.unwrap().metadata.name.unwrap();
+    let status =
+        json!({"apiVersion": "kube.ci/v1alpha1", "kind": "Workplan", "status": {"taskIndex": 1_u64 << 40}});
+    Api::<DynamicObject>::namespaced_with(ns.client.clone(), n, &ApiResource::erase::<Workplan>(&()))
+        .patch_status(&broken, &PatchParams::apply(MANAGER).force(), &Patch::Apply(status))
+        .await
+        .unwrap();
+    let malformed = format!(
+        "Workplan {n}/{broken} is malformed: status.taskIndex: invalid value: integer `1099511627776`, expected i32"
+    );
+    assert_eq!(ui.json(&format!("/api/workplans/{broken}"), 422).await, json!({"error": malformed}));
+    let listed = ui.json("/api/workflows", 200).await;
+    assert_eq!(
+        listed["malformed"],
+        json!([format!(
+            "Workplan {n}/{broken}: status.taskIndex: invalid value: integer `1099511627776`, expected i32"
+        )])
+    );
+
+    // DNS rebinding and foreign pages: refused, whatever the path.
+    let port = ui.host.rsplit(':').next().unwrap();
+    let evil_host = format!("evil.example:{port}");
+    for headers in [vec![("Host", evil_host.as_str())], vec![("Origin", "http://evil.example")]] {
+        for path in ["/", "/api/workflows", &format!("/api/workplans/{name}/events")] {
+            let (status, _, body) = ui.get(path, &headers).await;
+            assert_eq!(status, 403, "{path} {headers:?}: {body}");
+            assert!(body.contains("DNS rebinding protection"), "{body}");
+        }
+    }
+    let (status, _, _) = ui.get("/api/workflows", &[("Host", &format!("localhost:{port}"))]).await;
+    assert_eq!(status, 200);
+
+    // No credentials anywhere in what the page gets.
+    let token = std::fs::read_to_string(TestEnv::get().kubeconfig()).unwrap();
+    let token =
+        token.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("the test kubeconfig's token");
+    for path in ["/", "/ui.js", "/api/namespaces", "/api/workflows", &format!("/api/workplans/{name}")] {
+        assert!(!ui.get(path, &[]).await.2.contains(token), "{path} shows the token");
+    }
+    assert_eq!(ui.url, format!("http://{}/", ui.host));
+}
