@@ -401,5 +401,19 @@ async fn helm_install_runs_kubeci_as_pods_on_the_node() {
         let keep = crd.metadata.annotations.unwrap_or_default().get("helm.sh/resource-policy").cloned();
         assert_eq!(keep.as_deref(), Some("keep"), "{name}");
     }
+
+    // With crds.keep off, helm uninstall deletes the CRDs (and every Workflow with them).
+    let unkept = Release::new("kubeci", &system.name, "crds:\n  keep: false\n");
+    // (Helm decides from the release's manifest, not the live CRDs: adopting them on install
+    // leaves the old release's keep annotation on them.)
+    unkept.helm("install", &[]);
+    unkept.uninstall();
+    for name in ["workflows.kube.ci", "workplans.kube.ci", "requeststates.kube.ci"] {
+        let gone = |crd: Option<&CustomResourceDefinition>| crd.is_none();
+        tokio::time::timeout(TIMEOUT, await_condition(crds.clone(), name, gone))
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} is deleted with the release"))
+            .unwrap();
+    }
     let _ = std::fs::remove_dir_all(&workspaces);
 }
