@@ -356,3 +356,102 @@ async fn a_forged_workplan_whose_volume_takes_the_workspace_name_fails_naming_it
         "{reason}"
     );
 }
+
+/// One task whose step asks for `limit` retries without backoff; the fake kubelet fails the
+/// first two attempts' pods (`-task-0`, `-task-0-attempt-2`) and lets the third succeed.
+async fn fails_twice(ns: &TestNamespace, limit: i32) -> (String, RequestState) {
+    let _kubelet = Kubelet::start(ns, |pod: &Pod| {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        if name.ends_with("-task-0") || name.ends_with("-task-0-attempt-2") {
+            Act::Fail { step: "flaky".into(), code: 1, message: format!("{name} failed") }
+        } else {
+            Act::Succeed
+        }
+    });
+    let (_operator, _worker) = (operator(&ns.name), worker(&ns.name, "worker-1"));
+    let wf = workflow(
+        &ns.name,
+        &format!(
+            "apiVersion: kube.ci/v1alpha1\nkind: Workflow\nmetadata: {{name: flaky}}\nspec:\n  steps:\n  - {{name: flaky, image: alpine, retries: {{limit: {limit}, backoffSeconds: 0}}}}\n"
+        ),
+    );
+    let name = create(ns, &wf, "1").await;
+    finished(ns, &name).await;
+    (name.clone(), request_state(ns, &name).await)
+}
+
+#[tokio::test]
+async fn a_task_failing_twice_completes_on_its_third_attempt_with_two_retries() {
+    let ns = pod_namespace("exec-retries-2").await;
+    let (name, rqs) = fails_twice(&ns, 2).await;
+    let status =
+        Api::<Workplan>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+    // Every attempt is in the history: requested (the retries say which attempt and why), claimed,
+    // reported.
+    let task_0: Vec<(JobState, Option<String>)> = rqs
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .filter(|e| e.job == "task-0")
+        .map(|e| (e.state, e.message.clone()))
+        .collect();
+    let failed = |attempt: &str| format!("step \"flaky\" exited with code 1: {name}-task-0{attempt} failed");
+    assert_eq!(
+        task_0,
+        [
+            (JobState::Requested, None),
+            (JobState::Started, None),
+            (JobState::Failed, Some(failed(""))),
+            (JobState::Requested, Some(format!("attempt 2 of 3, after attempt 1 failed: {}", failed("")))),
+            (JobState::Started, None),
+            (JobState::Failed, Some(failed("-attempt-2"))),
+            (
+                JobState::Requested,
+                Some(format!("attempt 3 of 3, after attempt 2 failed: {}", failed("-attempt-2")))
+            ),
+            (JobState::Started, None),
+            (JobState::Completed, None),
+        ]
+    );
+    // Each attempt a pod of its own, the failed ones kept.
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let mut names: Vec<String> = pods
+        .list(&ListParams::default().labels(&format!("kube.ci/workplan={name},kube.ci/task=0")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [format!("{name}-task-0"), format!("{name}-task-0-attempt-2"), format!("{name}-task-0-attempt-3")]
+    );
+}
+
+#[tokio::test]
+async fn a_task_failing_twice_fails_with_one_retry_naming_both_attempts() {
+    let ns = pod_namespace("exec-retries-1").await;
+    let (name, rqs) = fails_twice(&ns, 1).await;
+    let status =
+        Api::<Workplan>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(
+        status.reason.unwrap(),
+        format!(
+            "task-0 failed after 2 attempts: attempt 1: step \"flaky\" exited with code 1: {name}-task-0 failed; \
+             attempt 2: step \"flaky\" exited with code 1: {name}-task-0-attempt-2 failed"
+        )
+    );
+    let jobs: Vec<(String, JobState)> = trail(&rqs).into_iter().map(|(job, state, _)| (job, state)).collect();
+    assert_eq!(jobs.iter().filter(|(job, state)| job == "task-0" && *state == JobState::Started).count(), 2);
+    assert!(jobs.ends_with(&[
+        ("cleanup".into(), JobState::Requested),
+        ("cleanup".into(), JobState::Started),
+        ("cleanup".into(), JobState::Completed)
+    ]));
+}

@@ -532,3 +532,63 @@ spec:
         "the cleanup pod selects no node"
     );
 }
+
+/// A step that fails until its third run, counting runs in the workspace (which every attempt of
+/// the run shares), with `retries.limit` `limit` and no backoff.
+fn third_time_lucky(ns: &str, limit: i32) -> Workflow {
+    workflow(
+        ns,
+        &format!(
+            r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {{name: flaky}}
+spec:
+  steps:
+  - name: flaky
+    image: alpine
+    retries: {{limit: {limit}, backoffSeconds: 0}}
+    commands:
+    - sh
+    - -c
+    - n=$(cat /kubeci/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /kubeci/count; echo attempt $n; [ $n -ge 3 ] || {{ echo "attempt $n failed" > /dev/termination-log; exit 1; }}
+"#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_step_failing_twice_completes_with_two_retries() {
+    let ns = node_namespace("node-retries-2").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    let name = run(&ns, &third_time_lucky(&ns.name, 2)).await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
+    assert_eq!(kubectl_logs(&ns.name, &format!("{name}-task-0-attempt-3"), "flaky"), "attempt 3\n");
+    assert_eq!(
+        kubectl_logs(&ns.name, &format!("{name}-task-0"), "flaky"),
+        "attempt 1\n",
+        "failed attempts' pods stay"
+    );
+}
+
+#[tokio::test]
+async fn a_step_failing_twice_fails_with_one_retry_naming_both_attempts() {
+    let ns = node_namespace("node-retries-1").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    let name = run(&ns, &third_time_lucky(&ns.name, 1)).await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(
+            "task-0 failed after 2 attempts: attempt 1: step \"flaky\" exited with code 1: attempt 1 failed; \
+             attempt 2: step \"flaky\" exited with code 1: attempt 2 failed"
+        )
+    );
+    assert!(!root.workspace(&ns.name, "flaky", &name).exists(), "cleaned up after the last attempt");
+}

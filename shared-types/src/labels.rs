@@ -13,3 +13,5 @@ pub const RUN_ANNOTATION: &str = "kube.ci/run";
 /// deleted before any task started. A Workplan deleted mid-run thus stays until its workspace
 /// cleanup was attempted.
 pub const CLEANUP_FINALIZER: &str = "kube.ci/cleanup";
+/// The attempt of a task pod when it is a retry (2, 3, …); the first attempt's pod has none.
+pub const ATTEMPT: &str = "kube.ci/attempt";

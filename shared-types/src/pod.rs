@@ -130,3 +130,46 @@ pub struct Retries {
     #[schemars(range(min = 0, max = MAX_BACKOFF_SECONDS))]
     pub backoff_seconds: Option<i64>,
 }
+
+/// A task's retry policy. A task is one pod, so it is retried whole: its limit is the largest
+/// `retries.limit` among its steps, and its backoff the largest `retries.backoffSeconds` among the
+/// steps with that limit (10 seconds where they set none). Retry `n` (1-based) waits
+/// `backoff × 2^(n-1)`, at most [`MAX_BACKOFF_SECONDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TaskRetries {
+    /// Attempts after the first.
+    pub limit: u32,
+    /// The wait before the first retry, in seconds.
+    pub backoff_seconds: i64,
+}
+
+impl TaskRetries {
+    /// The policy of a task with `steps`. Values out of range (which only a Workplan written past
+    /// the planner can hold) are brought into it.
+    pub fn of<'a>(steps: impl IntoIterator<Item = &'a crate::Step>) -> TaskRetries {
+        let policies: Vec<(u32, i64)> = steps
+            .into_iter()
+            .filter_map(|step| step.retries.as_ref())
+            .map(|r| {
+                let limit = r.limit.clamp(0, MAX_RETRIES) as u32;
+                let backoff =
+                    r.backoff_seconds.unwrap_or(DEFAULT_BACKOFF_SECONDS).clamp(0, MAX_BACKOFF_SECONDS);
+                (limit, backoff)
+            })
+            .collect();
+        let limit = policies.iter().map(|(limit, _)| *limit).max().unwrap_or(0);
+        let backoff_seconds = policies
+            .iter()
+            .filter(|(l, _)| *l == limit)
+            .map(|(_, backoff)| *backoff)
+            .max()
+            .unwrap_or(DEFAULT_BACKOFF_SECONDS);
+        TaskRetries { limit, backoff_seconds }
+    }
+
+    /// Seconds to wait before retry `retry` (1-based).
+    pub fn delay_seconds(&self, retry: u32) -> i64 {
+        let doublings = retry.saturating_sub(1).min(30);
+        self.backoff_seconds.saturating_mul(1 << doublings).min(MAX_BACKOFF_SECONDS)
+    }
+}

@@ -8,10 +8,40 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use crate::pod::TaskRetries;
 pub use crate::request_state::{CLEANUP, Job};
 use crate::request_state::{HistoryEntry, JobState, RequestState, RequestStateSpec, RequestStateStatus};
 use crate::workplan::Phase;
 use crate::workplan::Workplan;
+
+/// What the protocol needs to know of a Workplan: its tasks' retry policies, one per task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The retry policy of each task, in order.
+    pub retries: Vec<TaskRetries>,
+}
+
+impl Policy {
+    /// The policy of `workplan`'s tasks.
+    pub fn of(workplan: &Workplan) -> Policy {
+        let retries = workplan
+            .spec
+            .tasks
+            .iter()
+            .map(|t| TaskRetries::of(t.serial_steps.iter().chain(&t.parallel_steps)));
+        Policy { retries: retries.collect() }
+    }
+
+    /// `tasks` tasks that are never retried.
+    pub fn without_retries(tasks: usize) -> Policy {
+        Policy { retries: vec![TaskRetries::default(); tasks] }
+    }
+
+    /// How many tasks.
+    pub fn tasks(&self) -> usize {
+        self.retries.len()
+    }
+}
 
 /// What the workplan-operator does next for a Workplan of `tasks` tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +55,10 @@ pub enum Next {
     Wait,
     /// The cleanup was attempted: the Workplan's final phase and reason.
     Finish { phase: Phase, reason: String },
+    /// A failed task's backoff is over: request it again (`message` names the attempt).
+    Retry { job: Job, message: String },
+    /// A task failed and will be tried again at `until` (its backoff): nothing to do before.
+    Backoff { job: Job, until: Timestamp, reason: String },
 }
 
 /// Why a RequestState cannot be acted on: it was written by something that does not follow the
@@ -35,12 +69,15 @@ pub enum ProtocolError {
     NoSuchTask { job: Job, tasks: usize },
 }
 
-/// The operator's decision. `worker_alive` tells whether a worker's Lease is still held.
+/// The operator's decision. `worker_alive` tells whether a worker's Lease is still held; `now`
+/// decides whether a failed task's backoff is over.
 pub fn next(
-    tasks: usize,
+    policy: &Policy,
     request: Option<&RequestState>,
     worker_alive: impl Fn(&str) -> bool,
+    now: Timestamp,
 ) -> Result<Next, ProtocolError> {
+    let tasks = policy.tasks();
     let Some(request) = request else { return Ok(Next::Create) };
     let job = request.spec.job;
     if let Job::Task(i) = job
@@ -63,6 +100,31 @@ pub fn next(
         (Job::Task(i), JobState::Completed) if i + 1 < tasks => {
             Next::Request { job: Job::Task(i + 1), message: None }
         }
+        (Job::Task(i), JobState::Failed) if retry_left(policy, request, i) => {
+            let retries = policy.retries[i];
+            let failed = attempt(request);
+            let failed_at = history(request).last().map_or(now, |e| e.timestamp.0);
+            let until = failed_at
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(retries.delay_seconds(failed)))
+                .unwrap_or(failed_at);
+            let why = last_message(request, job).unwrap_or_else(|| "no reason given".into());
+            let next_attempt = failed + 1;
+            let of = retries.limit + 1;
+            if now >= until {
+                Next::Retry {
+                    job,
+                    message: format!("attempt {next_attempt} of {of}, after attempt {failed} failed: {why}"),
+                }
+            } else {
+                Next::Backoff {
+                    job,
+                    until,
+                    reason: format!(
+                        "{job} attempt {failed} of {of} failed: {why}; attempt {next_attempt} at {until}"
+                    ),
+                }
+            }
+        }
         (Job::Task(_), JobState::Completed) | (Job::Task(_), JobState::Failed) => {
             Next::Request { job: Job::Cleanup, message: None }
         }
@@ -80,13 +142,46 @@ pub fn next(
     })
 }
 
-/// The failure that ended the run, from the history: the first task that failed, with the
-/// worker's message (the step, its exit code and termination message).
+/// Whether task `i`, FAILED now, has attempts left under its retry policy.
+fn retry_left(policy: &Policy, request: &RequestState, i: usize) -> bool {
+    attempt(request) <= policy.retries[i].limit
+}
+
+/// The attempt (1-based) of the RequestState's current job: one more than the FAILED attempts of
+/// its task before it; for a FAILED job, the attempt that failed. A job requested again because
+/// its worker was lost stays the same attempt (its pod is adopted, not made anew).
+pub fn attempt(request: &RequestState) -> u32 {
+    let job = request.spec.job;
+    if job == Job::Cleanup {
+        return 1;
+    }
+    let failed =
+        history(request).iter().filter(|e| e.job == job && e.state == JobState::Failed).count() as u32;
+    if request.spec.state == JobState::Failed { failed.max(1) } else { failed + 1 }
+}
+
+/// The failure that ended the run, from the history: the task whose last attempt failed, with
+/// the worker's message (the step, its exit code and termination message) for each attempt.
 pub fn failure(request: &RequestState) -> Option<String> {
-    history(request)
+    let entries = history(request);
+    let last = entries.iter().rposition(|e| e.state == JobState::Failed && e.job != Job::Cleanup)?;
+    let job = entries[last].job;
+    if entries[last + 1..].iter().any(|e| e.job == job) {
+        return None; // tried again after it
+    }
+    let messages: Vec<&str> = entries
         .iter()
-        .find(|e| e.state == JobState::Failed && e.job != Job::Cleanup)
-        .map(|e| format!("{} failed: {}", e.job, e.message.as_deref().unwrap_or("no reason given")))
+        .filter(|e| e.job == job && e.state == JobState::Failed)
+        .map(|e| e.message.as_deref().unwrap_or("no reason given"))
+        .collect();
+    Some(match messages.as_slice() {
+        [only] => format!("{job} failed: {only}"),
+        all => {
+            let attempts: Vec<String> =
+                all.iter().enumerate().map(|(n, message)| format!("attempt {}: {message}", n + 1)).collect();
+            format!("{job} failed after {} attempts: {}", all.len(), attempts.join("; "))
+        }
+    })
 }
 
 /// The node the Workplan's pods run on: the first node a worker reported.
@@ -244,18 +339,24 @@ mod tests {
 
     #[test]
     fn a_two_task_run_walks_task_0_task_1_cleanup() {
-        assert_eq!(next(2, None, alive), Ok(Next::Create));
+        assert_eq!(next(&Policy::without_retries(2), None, alive, now()), Ok(Next::Create));
         let rqs = new_request();
-        assert_eq!(next(2, Some(&rqs), alive), Ok(Next::Wait));
+        assert_eq!(next(&Policy::without_retries(2), Some(&rqs), alive, now()), Ok(Next::Wait));
         let rqs = run(&rqs, "w1", JobState::Completed, None);
-        assert_eq!(next(2, Some(&rqs), alive), Ok(Next::Request { job: Job::Task(1), message: None }));
+        assert_eq!(
+            next(&Policy::without_retries(2), Some(&rqs), alive, now()),
+            Ok(Next::Request { job: Job::Task(1), message: None })
+        );
         let rqs = request(&rqs, Job::Task(1), None, now());
         let rqs = run(&rqs, "w2", JobState::Completed, None);
-        assert_eq!(next(2, Some(&rqs), alive), Ok(Next::Request { job: Job::Cleanup, message: None }));
+        assert_eq!(
+            next(&Policy::without_retries(2), Some(&rqs), alive, now()),
+            Ok(Next::Request { job: Job::Cleanup, message: None })
+        );
         let rqs = request(&rqs, Job::Cleanup, None, now());
         let rqs = run(&rqs, "w1", JobState::Completed, None);
         assert_eq!(
-            next(2, Some(&rqs), alive),
+            next(&Policy::without_retries(2), Some(&rqs), alive, now()),
             Ok(Next::Finish { phase: Phase::Completed, reason: "all 2 tasks succeeded".into() })
         );
         let w = |w: &str| Some(w.to_string());
@@ -284,10 +385,13 @@ mod tests {
             JobState::Failed,
             Some("step \"build\" exited with code 2: make: *** no rule"),
         );
-        assert_eq!(next(3, Some(&rqs), alive), Ok(Next::Request { job: Job::Cleanup, message: None }));
+        assert_eq!(
+            next(&Policy::without_retries(3), Some(&rqs), alive, now()),
+            Ok(Next::Request { job: Job::Cleanup, message: None })
+        );
         let rqs = run(&request(&rqs, Job::Cleanup, None, now()), "w1", JobState::Completed, None);
         assert_eq!(
-            next(3, Some(&rqs), alive),
+            next(&Policy::without_retries(3), Some(&rqs), alive, now()),
             Ok(Next::Finish {
                 phase: Phase::Failed,
                 reason: "task-0 failed: step \"build\" exited with code 2: make: *** no rule".into()
@@ -305,7 +409,7 @@ mod tests {
             Some("pod could not be scheduled"),
         );
         assert_eq!(
-            next(1, Some(&rqs), alive),
+            next(&Policy::without_retries(1), Some(&rqs), alive, now()),
             Ok(Next::Finish {
                 phase: Phase::Completed,
                 reason: "all 1 tasks succeeded; cleanup failed, the workspace may remain on the node: pod could not be scheduled".into()
@@ -317,13 +421,13 @@ mod tests {
     fn a_lost_worker_gets_its_job_requested_again() {
         let started = claim(&new_request(), "w1", now()).unwrap();
         assert_eq!(
-            next(1, Some(&started), |w| w != "w1"),
+            next(&Policy::without_retries(1), Some(&started), |w| w != "w1", now()),
             Ok(Next::Request {
                 job: Job::Task(0),
                 message: Some("worker w1 lost: its lease expired".into())
             })
         );
-        assert_eq!(next(1, Some(&started), alive), Ok(Next::Wait));
+        assert_eq!(next(&Policy::without_retries(1), Some(&started), alive, now()), Ok(Next::Wait));
         // Another worker then claims it; the history tells the whole story.
         let again = request(&started, Job::Task(0), Some("worker w1 lost: its lease expired".into()), now());
         let done = run(&again, "w2", JobState::Completed, None);
@@ -351,7 +455,7 @@ mod tests {
         let mut rqs = new_request();
         rqs.spec.job = Job::Task(5);
         assert_eq!(
-            next(2, Some(&rqs), alive),
+            next(&Policy::without_retries(2), Some(&rqs), alive, now()),
             Err(ProtocolError::NoSuchTask { job: Job::Task(5), tasks: 2 })
         );
         // A job that is neither never reaches the protocol: it fails at deserialization.

@@ -102,6 +102,19 @@ pub fn task_pod(
     node: Option<&str>,
     config: &RenderConfig,
 ) -> Result<Pod, RenderError> {
+    task_pod_attempt(workplan, index, 1, node, config)
+}
+
+/// The pod of attempt `attempt` (1-based) of task `index`: a retry is a new pod, named and
+/// labelled after its attempt ([`attempt_pod_name`], [`labels::ATTEMPT`]), so the failed
+/// attempts' pods and logs stay.
+pub fn task_pod_attempt(
+    workplan: &Workplan,
+    index: usize,
+    attempt: u32,
+    node: Option<&str>,
+    config: &RenderConfig,
+) -> Result<Pod, RenderError> {
     let meta = WorkplanMeta::of(workplan)?;
     let task = workplan.spec.tasks.get(index).ok_or_else(|| RenderError::NoSuchTask {
         name: meta.name.to_string(),
@@ -118,13 +131,18 @@ pub fn task_pod(
 
     Ok(Pod {
         metadata: ObjectMeta {
-            name: Some(task_pod_name(meta.name, index)),
+            name: Some(attempt_pod_name(meta.name, index, attempt)),
             namespace: Some(meta.namespace.to_string()),
-            labels: Some(BTreeMap::from([
-                (labels::WORKFLOW.to_string(), workplan.spec.workflow.clone()),
-                (labels::WORKPLAN.to_string(), meta.name.to_string()),
-                (labels::TASK.to_string(), index.to_string()),
-            ])),
+            labels: Some(
+                [
+                    (labels::WORKFLOW.to_string(), workplan.spec.workflow.clone()),
+                    (labels::WORKPLAN.to_string(), meta.name.to_string()),
+                    (labels::TASK.to_string(), index.to_string()),
+                ]
+                .into_iter()
+                .chain((attempt > 1).then(|| (labels::ATTEMPT.to_string(), attempt.to_string())))
+                .collect(),
+            ),
             owner_references: Some(vec![meta.owner_reference()]),
             ..ObjectMeta::default()
         },
@@ -242,6 +260,14 @@ pub fn cleanup_pod_name(workplan: &str) -> String {
 /// `<workplan>-task-<i>`.
 pub fn task_pod_name(workplan: &str, index: usize) -> String {
     format!("{workplan}-task-{index}")
+}
+
+/// `<workplan>-task-<i>` for the first attempt, `<workplan>-task-<i>-attempt-<n>` for a retry.
+pub fn attempt_pod_name(workplan: &str, index: usize, attempt: u32) -> String {
+    match attempt {
+        0 | 1 => task_pod_name(workplan, index),
+        n => format!("{workplan}-task-{index}-attempt-{n}"),
+    }
 }
 
 /// `<root>/<namespace>/<workflow>/<workplan>`: the namespace keeps two namespaces' Workflows of

@@ -190,3 +190,15 @@ fn cleanup_requests_and_limits_are_configurable() {
     let limits = resources.limits.unwrap();
     assert_eq!((&limits["cpu"], &limits["memory"]), (&Quantity("50m".into()), &Quantity("32Mi".into())));
 }
+
+#[test]
+fn a_retry_is_a_pod_of_its_own_named_and_labelled_after_its_attempt() {
+    use shared_types::render::task_pod_attempt;
+    let workplan = seed_workplan();
+    let first = task_pod_attempt(&workplan, 1, 1, Some("node-a"), &RenderConfig::default()).unwrap();
+    assert_eq!(first, task_pod(&workplan, 1, Some("node-a"), &RenderConfig::default()).unwrap());
+    let third = task_pod_attempt(&workplan, 1, 3, Some("node-a"), &RenderConfig::default()).unwrap();
+    assert_eq!(third.metadata.name.as_deref(), Some("my-workflow-0a1b2c3d4e-task-1-attempt-3"));
+    assert_eq!(third.metadata.labels.as_ref().unwrap().get("kube.ci/attempt").map(String::as_str), Some("3"));
+    assert_eq!(third.spec, first.spec, "the same pod otherwise");
+}

@@ -127,24 +127,29 @@ pub fn belongs_to(rqs: &RequestState, workplan: &Workplan) -> bool {
 }
 
 /// Whether an existing pod of the job's name may be adopted: it must be the pod of the same
-/// Workplan and task, as labelled by the renderer. Anything else is someone else's pod.
-pub fn adoptable(pod: &Pod, workplan: &str, job: Job) -> Result<(), String> {
+/// Workplan, task and attempt, as labelled by the renderer (a first attempt's pod has no attempt
+/// label). Anything else is someone else's pod.
+pub fn adoptable(pod: &Pod, workplan: &str, job: Job, attempt: u32) -> Result<(), String> {
     let task = match job {
         Job::Task(i) => i.to_string(),
         Job::Cleanup => "cleanup".to_string(),
     };
     let labels = pod.labels();
     let has = |key: &str, value: &str| labels.get(key).map(String::as_str) == Some(value);
-    if has(labels::WORKPLAN, workplan) && has(labels::TASK, &task) {
+    let pod_attempt = labels.get(labels::ATTEMPT).map_or("1", String::as_str);
+    let wanted_attempt = if matches!(job, Job::Task(_)) { attempt.max(1) } else { 1 }.to_string();
+    if has(labels::WORKPLAN, workplan) && has(labels::TASK, &task) && pod_attempt == wanted_attempt {
         Ok(())
     } else {
         Err(format!(
-            "pod {} exists but is not this job's (labels {}={:?}, {}={:?}; expected {workplan}, {task})",
+            "pod {} exists but is not this job's (labels {}={:?}, {}={:?}, {}={:?}; expected {workplan}, {task}, attempt {wanted_attempt})",
             pod.name_any(),
             labels::WORKPLAN,
             labels.get(labels::WORKPLAN),
             labels::TASK,
             labels.get(labels::TASK),
+            labels::ATTEMPT,
+            labels.get(labels::ATTEMPT),
         ))
     }
 }
@@ -532,15 +537,25 @@ mod tests {
 
     #[test]
     fn only_the_jobs_own_pod_is_adopted() {
-        assert_eq!(adoptable(&pod("{kube.ci/workplan: wp, kube.ci/task: '0'}"), "wp", Job::Task(0)), Ok(()));
-        assert!(adoptable(&pod("{kube.ci/workplan: other, kube.ci/task: '0'}"), "wp", Job::Task(0)).is_err());
-        assert!(adoptable(&pod("{kube.ci/workplan: wp, kube.ci/task: '1'}"), "wp", Job::Task(0)).is_err());
-        let err = adoptable(&pod("{}"), "wp", Job::Task(0)).unwrap_err();
-        assert!(err.contains("pod wp-task-0 exists but is not this job's"), "{err}");
         assert_eq!(
-            adoptable(&pod("{kube.ci/workplan: wp, kube.ci/task: cleanup}"), "wp", Job::Cleanup),
+            adoptable(&pod("{kube.ci/workplan: wp, kube.ci/task: '0'}"), "wp", Job::Task(0), 1),
             Ok(())
         );
+        assert!(
+            adoptable(&pod("{kube.ci/workplan: other, kube.ci/task: '0'}"), "wp", Job::Task(0), 1).is_err()
+        );
+        assert!(adoptable(&pod("{kube.ci/workplan: wp, kube.ci/task: '1'}"), "wp", Job::Task(0), 1).is_err());
+        let err = adoptable(&pod("{}"), "wp", Job::Task(0), 1).unwrap_err();
+        assert!(err.contains("pod wp-task-0 exists but is not this job's"), "{err}");
+        assert_eq!(
+            adoptable(&pod("{kube.ci/workplan: wp, kube.ci/task: cleanup}"), "wp", Job::Cleanup, 1),
+            Ok(())
+        );
+        // A retry adopts only its own attempt's pod.
+        let second = pod("{kube.ci/workplan: wp, kube.ci/task: '0', kube.ci/attempt: '2'}");
+        assert_eq!(adoptable(&second, "wp", Job::Task(0), 2), Ok(()));
+        assert!(adoptable(&second, "wp", Job::Task(0), 3).is_err());
+        assert!(adoptable(&pod("{kube.ci/workplan: wp, kube.ci/task: '0'}"), "wp", Job::Task(0), 2).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use plumbing::kit::Backoff;
 use shared_types::protocol::{self, Job};
-use shared_types::render::{RenderConfig, cleanup_pod, task_pod};
+use shared_types::render::{RenderConfig, cleanup_pod, task_pod_attempt};
 use shared_types::{RequestState, Workplan};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -246,14 +246,17 @@ async fn start(
     if let Some(refused) = decide::refuse_task(&workplan, job) {
         return Err(Outcome::failed(node, refused));
     }
+    // A retry is a pod of its own; a job requested again because its worker was lost is the same
+    // attempt, whose pod is adopted.
+    let attempt = protocol::attempt(rqs);
     let rendered = match job {
-        Job::Task(i) => task_pod(&workplan, i, node.as_deref(), &ctx.render),
+        Job::Task(i) => task_pod_attempt(&workplan, i, attempt, node.as_deref(), &ctx.render),
         Job::Cleanup => cleanup_pod(&workplan, node.as_deref(), &ctx.render),
     };
     let pod = rendered.map_err(|e| Outcome::failed(node, e.to_string()))?;
     let name = pod.name_any();
     let changes = ctx.pods.subscribe(Key { namespace: key.namespace.clone(), name: name.clone() });
-    let pod = ensure_pod(ctx, pods, pod, &key.name, job).await?;
+    let pod = ensure_pod(ctx, pods, pod, &key.name, job, attempt).await?;
     let seen = SeenPod::of(&pod);
     Ok((name, PodTracker::new(seen.uid, seen.outcome), changes))
 }
@@ -266,6 +269,7 @@ async fn ensure_pod(
     pod: Pod,
     workplan: &str,
     job: Job,
+    attempt: u32,
 ) -> Result<Pod, Outcome> {
     let name = pod.name_any();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -279,7 +283,7 @@ async fn ensure_pod(
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => match pods.get_opt(&name).await {
                 Ok(Some(existing)) => {
-                    return match decide::adoptable(&existing, workplan, job) {
+                    return match decide::adoptable(&existing, workplan, job, attempt) {
                         Ok(()) => {
                             tracing::info!(pod = %name, "adopted the existing pod");
                             Ok(existing)

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub workers_lost: IntCounter,
     /// `workplans_finished_total{phase}`: Workplans that reached a final phase.
     pub finished: IntCounterVec,
+    /// `task_retries_total`: failed tasks requested again under their steps' `retries`.
+    pub retries: IntCounter,
 }
 
 impl Metrics {
@@ -26,6 +28,7 @@ impl Metrics {
             workers_lost: r
                 .counter("workers_lost_total", "Jobs requested again after their worker's lease expired"),
             finished: r.counter_vec("workplans_finished_total", "Workplans finished, by phase", &["phase"]),
+            retries: r.counter("task_retries_total", "Failed tasks requested again under their retry policy"),
             registrar: r,
         }
     }
@@ -60,6 +63,7 @@ mod tests {
                 "kubeci_workplan_operator_reconcile_duration_seconds",
                 "kubeci_workplan_operator_reconcile_total",
                 "kubeci_workplan_operator_requests_total",
+                "kubeci_workplan_operator_task_retries_total",
                 "kubeci_workplan_operator_workers_lost_total",
                 "kubeci_workplan_operator_workplans_finished_total",
             ]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
-use shared_types::protocol::{self, Job, Next};
+use shared_types::protocol::{self, Job, Next, Policy};
 use shared_types::{HistoryEntry, JobState, Phase, RequestState, Workplan, WorkplanStatus, labels};
 
 use crate::status;
@@ -90,6 +90,8 @@ pub enum Notice {
     Started,
     /// A started job was requested again because its worker is gone: Warning `WorkerLost`.
     WorkerLost { job: Job, message: String },
+    /// A failed task was requested again, its retry policy allowing: Warning `Retrying`.
+    Retrying { job: Job, message: String },
     /// The Workplan was deleted while `job` was requested or ran (`None`: its RequestState is
     /// gone too), and its cleanup was requested: Normal `Deleted`.
     Deleted { job: Option<Job> },
@@ -104,7 +106,10 @@ impl Notice {
     /// the final status (told once the status is stored). A failed step is retried and told then,
     /// so nothing is told twice and nothing is told that did not happen.
     pub fn reports_write(&self) -> bool {
-        matches!(self, Notice::Started | Notice::WorkerLost { .. } | Notice::Deleted { .. })
+        matches!(
+            self,
+            Notice::Started | Notice::WorkerLost { .. } | Notice::Retrying { .. } | Notice::Deleted { .. }
+        )
     }
 
     /// The Event: its type, reason and note.
@@ -113,6 +118,9 @@ impl Notice {
             Notice::Started => (EventType::Normal, "Started", "requested task-0".into()),
             Notice::WorkerLost { job, message } => {
                 (EventType::Warning, "WorkerLost", format!("{message}; {job} requested again"))
+            }
+            Notice::Retrying { job, message } => {
+                (EventType::Warning, "Retrying", format!("{job} requested again: {message}"))
             }
             Notice::Deleted { job } => {
                 (EventType::Normal, "Deleted", format!("{}; requested the cleanup", deleted_while(*job)))
@@ -178,7 +186,8 @@ pub fn plan(
     let mut notice = None;
     let mut finish = None;
     let mut requeue = None;
-    match protocol::next(workplan.spec.tasks.len(), request, alive) {
+    let mut reason = None;
+    match protocol::next(&Policy::of(workplan), request, alive, now) {
         Err(problem) => {
             let reason = format!("the RequestState cannot be followed: {problem}");
             notice = Some(Notice::ProtocolError { reason: reason.clone() });
@@ -192,6 +201,16 @@ pub fn plan(
             let current = request.expect("the protocol requests a job only of an existing RequestState");
             notice = message.clone().map(|message| Notice::WorkerLost { job, message });
             write = Some(Write::Replace(protocol::request(current, job, message, now)));
+        }
+        Ok(Next::Retry { job, message }) => {
+            let current = request.expect("the protocol retries a job only of an existing RequestState");
+            notice = Some(Notice::Retrying { job, message: message.clone() });
+            write = Some(Write::Replace(protocol::request(current, job, Some(message), now)));
+        }
+        Ok(Next::Backoff { until, reason: why, .. }) => {
+            let left = Duration::try_from(until.duration_since(now)).unwrap_or_default();
+            requeue = Some(left);
+            reason = Some(why);
         }
         Ok(Next::Wait) => {
             // A started job: look again when its worker's Lease would expire.
@@ -214,7 +233,11 @@ pub fn plan(
 
     let finalize = finish.is_some() && holds_finalizer(workplan);
     let latest = write.as_ref().map(Write::request).or(request);
-    Plan { status: status_of(workplan, latest, finish, now), write, notice, requeue, finalize }
+    let mut status = status::derive(workplan, latest, finish, now);
+    if let Some(reason) = reason {
+        status.reason = Some(reason);
+    }
+    Plan { status: changed(workplan, status, latest), write, notice, requeue, finalize }
 }
 
 /// The plan for a Workplan being deleted, unless the protocol goes on as usual (its cleanup was
@@ -226,14 +249,13 @@ fn plan_deleted(workplan: &Workplan, request: Option<&RequestState>, now: Timest
         // is an update of the Workplan, which brings it back here.
         return Some(Plan::wait());
     }
-    let tasks = workplan.spec.tasks.len();
     let job = match request {
         // The cleanup was requested already, or is what the protocol requests next anyway (the
         // tasks are done): the run ends as it would have.
         Some(request)
             if request.spec.job == Job::Cleanup
                 || matches!(
-                    protocol::next(tasks, Some(request), |_| true),
+                    protocol::next(&Policy::of(workplan), Some(request), |_| true, now),
                     Ok(Next::Request { job: Job::Cleanup, .. })
                 ) =>
         {
@@ -286,7 +308,15 @@ fn status_of(
     finish: Option<(Phase, String)>,
     now: Timestamp,
 ) -> Option<WorkplanStatus> {
-    let mut desired = status::derive(workplan, request, finish, now);
+    changed(workplan, status::derive(workplan, request, finish, now), request)
+}
+
+/// `desired`, with the reason of a run cut short by its deletion, unless the Workplan has it.
+fn changed(
+    workplan: &Workplan,
+    mut desired: WorkplanStatus,
+    request: Option<&RequestState>,
+) -> Option<WorkplanStatus> {
     if desired.phase == Some(Phase::Running)
         && let Some(cut) = request.and_then(interrupted)
     {
@@ -472,6 +502,53 @@ mod tests {
             Some("task-0 failed: step \"compile\" exited with code 2: no rule to make target; cleaning up")
         );
         assert_eq!(status.task_index, Some(0), "the task that ran last, not the cleanup");
+    }
+
+    /// The fixture's Workplan with `retries` on task-0's first step (task-0 failed at 09:59:00).
+    fn retried(limit: i32, backoff_seconds: i64) -> Workplan {
+        let mut wp = workplan();
+        let task = &mut wp.spec.tasks[0];
+        let step = task.serial_steps.first_mut().unwrap_or_else(|| &mut task.parallel_steps[0]);
+        step.retries = Some(shared_types::Retries { limit, backoff_seconds: Some(backoff_seconds) });
+        wp
+    }
+
+    #[test]
+    fn a_failed_task_with_retries_left_waits_its_backoff_then_is_requested_again() {
+        let rqs = request("failed-task-0.yaml");
+        let failed_at: Timestamp = "2027-01-15T09:59:00Z".parse().unwrap();
+        let early = failed_at.checked_add(SignedDuration::from_secs(10)).unwrap();
+        let wp = retried(2, 30);
+        let waiting = plan(&wp, Some(&rqs), None, early);
+        assert_eq!(waiting.write, None, "nothing before the backoff is over");
+        assert_eq!(waiting.requeue, Some(Duration::from_secs(20)), "looked at again when it is");
+        let status = waiting.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Running));
+        assert_eq!(
+            status.reason.as_deref(),
+            Some(
+                "task-0 attempt 1 of 3 failed: step \"compile\" exited with code 2: no rule to make target; attempt 2 at 2027-01-15T09:59:30Z"
+            )
+        );
+
+        let plan = plan(&wp, Some(&rqs), None, now());
+        let message = "attempt 2 of 3, after attempt 1 failed: step \"compile\" exited with code 2: no rule to make target";
+        assert_requests(plan.write.as_ref().unwrap(), &rqs, Job::Task(0), Some(message));
+        let notice = plan.notice.unwrap();
+        assert!(notice.reports_write());
+        assert_eq!(
+            notice.event(),
+            (EventType::Warning, "Retrying", format!("task-0 requested again: {message}"))
+        );
+        let reason = plan.status.or(wp.status.clone()).and_then(|s| s.reason);
+        assert_eq!(reason, None, "running again, nothing failed for good");
+    }
+
+    #[test]
+    fn a_task_out_of_retries_requests_the_cleanup() {
+        let rqs = request("failed-task-0.yaml");
+        let plan = plan(&retried(0, 5), Some(&rqs), None, now());
+        assert_requests(plan.write.as_ref().unwrap(), &rqs, Job::Cleanup, None);
     }
 
     #[test]

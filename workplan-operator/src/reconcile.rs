@@ -247,6 +247,7 @@ async fn release(workplan: &Workplan, current: &ObjectMeta, ctx: &Context) -> Re
 async fn tell(ctx: &Context, workplan: &Workplan, notice: &Notice) {
     match notice {
         Notice::WorkerLost { .. } => ctx.metrics.workers_lost.inc(),
+        Notice::Retrying { .. } => ctx.metrics.retries.inc(),
         Notice::Finished { phase, .. } => {
             let label = if *phase == Phase::Failed { "Failed" } else { "Completed" };
             ctx.metrics.finished.with_label_values(&[label]).inc();
