@@ -879,3 +879,303 @@ async fn ui_serves_runs_and_logs_live_and_refuses_what_is_not_its_own() {
     }
     assert_eq!(ui.url, format!("http://{}/", ui.host));
 }
+
+/// Debian's Chromium, from `hack/chromium.sh` (which installs it when missing and it can).
+/// Never skips: no browser fails the test with the script's words.
+fn chromium() -> std::path::PathBuf {
+    let script = shared_types::repo::root().join("hack/chromium.sh");
+    let out = std::process::Command::new("bash").arg(&script).output().expect("bash runs");
+    assert!(
+        out.status.success(),
+        "no headless Chromium for the web view's test ({} failed): {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Where the tests keep what a person may want to look at after a run: `target/e2e-artifacts/`.
+fn artifacts() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).expect("target/<profile>/deps/<test>");
+    let dir = target.join("e2e-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Headless Chromium driven over the DevTools protocol, so that a live page (its event streams
+/// stay open, which keeps `--virtual-time-budget` from ever running out and `--dump-dom` dumps
+/// at the load event, before any data came) can be read once it shows what the test waits for.
+/// A fresh profile in a temporary directory; killed when dropped.
+struct Browser {
+    _process: tokio::process::Child,
+    socket: BufReader<tokio::net::TcpStream>,
+    next_id: u64,
+    profile: std::path::PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    async fn start(chromium: &std::path::Path) -> Browser {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let profile = std::env::temp_dir().join(format!("kubeci-chromium-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&profile);
+        let mut process = tokio::process::Command::new(chromium)
+            // As root Chromium needs --no-sandbox.
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+            ])
+            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            .args(["--no-proxy-server", "--window-size=1400,1100", "--remote-debugging-port=0"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", chromium.display()));
+        let mut stderr = BufReader::new(process.stderr.take().unwrap()).lines();
+        let mut said = Vec::new();
+        let endpoint = tokio::time::timeout(TIMEOUT, async {
+            while let Some(line) = stderr.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("DevTools listening on ws://") {
+                    return url.to_string();
+                }
+                said.push(line);
+            }
+            panic!("chromium ended without a DevTools endpoint: {said:#?}")
+        })
+        .await
+        .expect("chromium starts");
+        // Keep reading its stderr so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        let (host, path) = endpoint.split_once('/').unwrap();
+        let mut socket = tokio::net::TcpStream::connect(host).await.unwrap();
+        let handshake = format!(
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        socket.write_all(handshake.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(socket.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "the DevTools WebSocket: {head}");
+        Browser { _process: process, socket: BufReader::new(socket), next_id: 0, profile }
+    }
+
+    /// Sends one WebSocket text frame (masked, as a client must).
+    async fn send(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x6b, 0x75, 0x62, 0x65];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.socket.get_mut().write_all(&frame).await.unwrap();
+    }
+
+    /// Reads one message (joining continuation frames).
+    async fn receive(&mut self) -> Value {
+        use tokio::io::AsyncReadExt;
+        let mut message = Vec::new();
+        loop {
+            let first = self.socket.read_u8().await.unwrap();
+            let len = match self.socket.read_u8().await.unwrap() & 0x7f {
+                126 => u64::from(self.socket.read_u16().await.unwrap()),
+                127 => self.socket.read_u64().await.unwrap(),
+                n => u64::from(n),
+            };
+            let mut payload = vec![0; usize::try_from(len).unwrap()];
+            self.socket.read_exact(&mut payload).await.unwrap();
+            if first & 0x0f == 0x8 {
+                panic!("chromium closed the DevTools connection");
+            }
+            message.extend_from_slice(&payload);
+            if first & 0x80 != 0 {
+                return serde_json::from_slice(&message).unwrap();
+            }
+        }
+    }
+
+    /// Calls a DevTools method (in `session`, if any) and returns its result.
+    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut request = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            request["sessionId"] = json!(session);
+        }
+        self.send(&request.to_string()).await;
+        let answer = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                let message = self.receive().await;
+                if message["id"] == json!(id) {
+                    return message;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("chromium answers {method}"));
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Opens `url` in a new page; returns the page's session.
+    async fn open(&mut self, url: &str) -> String {
+        let target = self.call(None, "Target.createTarget", json!({"url": url})).await;
+        let attached = self
+            .call(None, "Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}))
+            .await;
+        attached["sessionId"].as_str().unwrap().to_string()
+    }
+
+    /// The page's DOM as HTML, now.
+    async fn dom(&mut self, session: &str) -> String {
+        let expression = "document.documentElement.outerHTML";
+        let value = self
+            .call(Some(session), "Runtime.evaluate", json!({"expression": expression, "returnByValue": true}))
+            .await;
+        value["result"]["value"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The DOM once `ready` holds of it; panics with the last DOM after [`TIMEOUT`].
+    async fn dom_when(&mut self, session: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let dom = self.dom(session).await;
+            if ready(&dom) {
+                return dom;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the page never showed {what}: {dom}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn screenshot(&mut self, session: &str) -> Vec<u8> {
+        let shot = self.call(Some(session), "Page.captureScreenshot", json!({"format": "png"})).await;
+        base64_decode(shot["data"].as_str().unwrap())
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
+    digits
+        .chunks(4)
+        .flat_map(|chunk| {
+            let bits =
+                chunk.iter().enumerate().fold(0u32, |acc, (i, d)| acc | (u32::from(*d) << (18 - 6 * i)));
+            let bytes = bits.to_be_bytes();
+            bytes[1..chunk.len()].to_vec()
+        })
+        .collect()
+}
+
+/// The state the page draws for `step`, if it draws it.
+fn drawn_state(dom: &str, step: &str) -> Option<String> {
+    let marker = format!("data-step=\"{step}\" data-state=\"");
+    let rest = &dom[dom.find(&marker)? + marker.len()..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+fn drawn_states(dom: &str) -> Vec<(String, String)> {
+    ["step-1", "step-2", "step-3", "step-4", "step-5"]
+        .iter()
+        .map(|s| (s.to_string(), drawn_state(dom, s).unwrap_or_default()))
+        .collect()
+}
+
+/// The web view in a real browser: headless Chromium opens the page of the seed's run half-way
+/// with step-1 chosen; the DAG shows the five steps with their states, step-1's log (read
+/// through the API server) appears, and when a pod changes the page follows without a reload.
+/// The screenshot stays in `target/e2e-artifacts/`.
+#[tokio::test]
+async fn ui_in_headless_chromium_shows_the_seeds_five_steps_live_and_a_steps_log() {
+    let chromium = chromium();
+    let ns = pod_namespace("plugin-ui-chromium").await;
+    let n = ns.name.as_str();
+    FakeKubelet::serve_node_a(&ns).await;
+    let workplan = seed_run_half_way(&ns).await;
+    let name = workplan.metadata.name.clone().unwrap();
+    let ui = UiServer::start(n).await;
+    let url = format!("{}?namespace={n}&workplan={name}&step=step-1", ui.url);
+
+    let mut browser = Browser::start(&chromium).await;
+    let page = browser.open(&url).await;
+    let log = FakeKubelet::log(&format!("{name}-task-0"), "step-1");
+    let log_shown = format!("<pre id=\"log\">{log}</pre>");
+    let dom = browser
+        .dom_when(&page, "the run's five steps and step-1's log", |dom| {
+            drawn_states(dom).iter().all(|(_, state)| !state.is_empty()) && dom.contains(&log_shown)
+        })
+        .await;
+    assert_eq!(
+        drawn_states(&dom),
+        states(&[
+            ("step-1", "Succeeded"),
+            ("step-2", "Succeeded"),
+            ("step-3", "Succeeded"),
+            ("step-4", "Running"),
+            ("step-5", "Waiting"),
+        ]),
+        "{dom}"
+    );
+    assert_eq!(dom.matches("<g class=\"step").count(), 5, "{dom}");
+    assert!(dom.contains(&format!("Workplan {n}/{name} (Workflow my-workflow)")), "{dom}");
+    // The Workflow and its run are listed.
+    assert!(dom.contains(&format!("data-workplan=\"{name}\"")), "{dom}");
+
+    let screenshot = artifacts().join("ui-seed-run.png");
+    let png = browser.screenshot(&page).await;
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot: {} bytes", png.len());
+    std::fs::write(&screenshot, &png).unwrap();
+    eprintln!("screenshot of the web view: {}", screenshot.display());
+
+    // Live: step-4 ends and step-5 starts; the open page follows.
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
+    let status = json!({"status": {
+        "initContainerStatuses": [container("step-4", terminated(0, "2026-01-01T10:00:07Z", "2026-01-01T10:00:09Z"))],
+        "containerStatuses": [container("step-5", json!({"running": {"startedAt": "2026-01-01T10:00:10Z"}}))],
+    }});
+    Api::<Pod>::namespaced(ns.client.clone(), n)
+        .patch_status(&format!("{name}-task-1"), &params, &Patch::Merge(status))
+        .await
+        .unwrap();
+    let dom = browser
+        .dom_when(&page, "step-5 running", |dom| drawn_state(dom, "step-5").as_deref() == Some("Running"))
+        .await;
+    assert_eq!(drawn_state(&dom, "step-4").as_deref(), Some("Succeeded"), "{dom}");
+    let token = std::fs::read_to_string(TestEnv::get().kubeconfig()).unwrap();
+    let token = token.lines().find_map(|l| l.trim().strip_prefix("token: ")).unwrap();
+    assert!(!dom.contains(token), "the page holds no credentials");
+}
