@@ -426,16 +426,7 @@ fn on_request(
     tx: &watch::Sender<Snapshot>,
     seen: &mut bool,
 ) {
-    match event {
-        Ok(Event::Apply(r) | Event::InitApply(r)) => {
-            *seen = true;
-            tx.send_modify(|s| s.request = Some(r));
-        }
-        Ok(Event::Delete(_)) => tx.send_modify(|s| s.request = None),
-        Ok(Event::Init) => *seen = false,
-        Ok(Event::InitDone) if !*seen => tx.send_modify(|s| s.request = None),
-        _ => {}
-    }
+    on_one(event, tx, seen, |s, r| s.request = r);
 }
 
 fn on_workplan(
@@ -443,14 +434,25 @@ fn on_workplan(
     tx: &watch::Sender<Snapshot>,
     seen: &mut bool,
 ) {
+    on_one(event, tx, seen, |s, wp| s.workplan = wp);
+}
+
+/// An event of the watch of one object by name: `set` it, or `None` once it is gone (deleted,
+/// or not in a re-list).
+fn on_one<K>(
+    event: Result<Event<K>, watcher::Error>,
+    tx: &watch::Sender<Snapshot>,
+    seen: &mut bool,
+    set: impl Fn(&mut Snapshot, Option<K>),
+) {
     match event {
-        Ok(Event::Apply(wp) | Event::InitApply(wp)) => {
+        Ok(Event::Apply(object) | Event::InitApply(object)) => {
             *seen = true;
-            tx.send_modify(|s| s.workplan = Some(wp));
+            tx.send_modify(|s| set(s, Some(object)));
         }
-        Ok(Event::Delete(_)) => tx.send_modify(|s| s.workplan = None),
+        Ok(Event::Delete(_)) => tx.send_modify(|s| set(s, None)),
         Ok(Event::Init) => *seen = false,
-        Ok(Event::InitDone) if !*seen => tx.send_modify(|s| s.workplan = None),
+        Ok(Event::InitDone) if !*seen => tx.send_modify(|s| set(s, None)),
         // The watcher retries with back-off; nothing to show meanwhile.
         _ => {}
     }

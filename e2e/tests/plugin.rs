@@ -687,6 +687,20 @@ async fn next_event(stream: &mut BufReader<tokio::net::TcpStream>) -> (String, S
     }
 }
 
+/// The seed's run half-way goes on: the kubelet reports task-1's step-4 done and step-5 running.
+async fn step_4_ends_and_step_5_starts(ns: &TestNamespace, workplan: &str) {
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
+    let status = json!({"status": {
+        "phase": "Running",
+        "initContainerStatuses": [container("step-4", terminated(0, "2026-01-01T10:00:07Z", "2026-01-01T10:00:09Z"))],
+        "containerStatuses": [container("step-5", json!({"running": {"startedAt": "2026-01-01T10:00:10Z"}}))],
+    }});
+    Api::<Pod>::namespaced(ns.client.clone(), &ns.name)
+        .patch_status(&format!("{workplan}-task-1"), &params, &Patch::Merge(status))
+        .await
+        .unwrap();
+}
+
 /// The `(step, state)` of every step of a run view (`/api/workplans/NAME` or a `run` event).
 fn step_states(view: &Value) -> Vec<(String, String)> {
     view["tree"]["tasks"]
@@ -746,16 +760,7 @@ async fn ui_serves_runs_and_logs_live_and_refuses_what_is_not_its_own() {
     assert_eq!(step_states(&serde_json::from_str(&data).unwrap()), half_way);
     e2e::eventually("the run's watches", TIMEOUT, || async { (ui.watching().await == 1).then_some(()) })
         .await;
-    let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
-    let status = json!({"status": {
-        "phase": "Running",
-        "initContainerStatuses": [container("step-4", terminated(0, "2026-01-01T10:00:07Z", "2026-01-01T10:00:09Z"))],
-        "containerStatuses": [container("step-5", json!({"running": {"startedAt": "2026-01-01T10:00:10Z"}}))],
-    }});
-    Api::<Pod>::namespaced(ns.client.clone(), n)
-        .patch_status(&format!("{name}-task-1"), &params, &Patch::Merge(status))
-        .await
-        .unwrap();
+    step_4_ends_and_step_5_starts(&ns, &name).await;
     let (event, data) = next_event(&mut events).await;
     assert_eq!(event, "run");
     assert_eq!(
@@ -1162,15 +1167,7 @@ async fn ui_in_headless_chromium_shows_the_seeds_five_steps_live_and_a_steps_log
     eprintln!("screenshot of the web view: {}", screenshot.display());
 
     // Live: step-4 ends and step-5 starts; the open page follows.
-    let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
-    let status = json!({"status": {
-        "initContainerStatuses": [container("step-4", terminated(0, "2026-01-01T10:00:07Z", "2026-01-01T10:00:09Z"))],
-        "containerStatuses": [container("step-5", json!({"running": {"startedAt": "2026-01-01T10:00:10Z"}}))],
-    }});
-    Api::<Pod>::namespaced(ns.client.clone(), n)
-        .patch_status(&format!("{name}-task-1"), &params, &Patch::Merge(status))
-        .await
-        .unwrap();
+    step_4_ends_and_step_5_starts(&ns, &name).await;
     let dom = browser
         .dom_when(&page, "step-5 running", |dom| drawn_state(dom, "step-5").as_deref() == Some("Running"))
         .await;
