@@ -80,9 +80,9 @@ pub enum Command {
     /// The page lists the Workflows and their runs, draws a run's DAG with each step's state as
     /// it changes (watches, no polling) and streams a step's log when it is clicked. It reads the
     /// cluster with your kubeconfig, so it shows exactly what you may read; it answers only
-    /// requests for its own address (`Host` and `Origin` are checked). JSON under `/api/`:
-    /// `workflows`, `workplans/NAME`, and the event streams `workplans/NAME/events` and
-    /// `workplans/NAME/logs?step=S`.
+    /// requests for its own address (`Host` and `Origin` are checked). JSON under `/api/`
+    /// (each takes `?namespace=`): `namespaces`, `workflows`, `workplans/NAME`, the event streams
+    /// `workplans/NAME/events` and `workplans/NAME/logs?step=S`, and `stats` (runs watched now).
     Ui(ui::UiArgs),
 
     /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
@@ -241,6 +241,7 @@ pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Resu
             run::run(&cluster, name, follow, run.timeout, out, &mut std::io::stderr()).await?;
         }
         Command::Ui(ui) => {
+            ui::check_address(ui)?;
             let cluster = args.cluster.connect().await?;
             ui::serve(cluster, ui, out).await?;
         }

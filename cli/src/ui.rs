@@ -118,10 +118,16 @@ fn bound(args: &UiArgs) -> SocketAddr {
     SocketAddr::new(args.address, args.port)
 }
 
-async fn listen(args: &UiArgs) -> Result<tokio::net::TcpListener, UiError> {
+/// Refuses a non-loopback address without `--allow-remote` (before anything else is done).
+pub fn check_address(args: &UiArgs) -> Result<(), UiError> {
     if !args.address.is_loopback() && !args.allow_remote {
         return Err(UiError::NotLoopback(args.address));
     }
+    Ok(())
+}
+
+async fn listen(args: &UiArgs) -> Result<tokio::net::TcpListener, UiError> {
+    check_address(args)?;
     let addr = bound(args);
     tokio::net::TcpListener::bind(addr).await.map_err(|source| UiError::Bind { addr, source })
 }
