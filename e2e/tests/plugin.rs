@@ -913,7 +913,7 @@ fn artifacts() -> std::path::PathBuf {
 /// at the load event, before any data came) can be read once it shows what the test waits for.
 /// A fresh profile in a temporary directory; killed when dropped.
 struct Browser {
-    _process: tokio::process::Child,
+    process: tokio::process::Child,
     socket: BufReader<tokio::net::TcpStream>,
     next_id: u64,
     profile: std::path::PathBuf,
@@ -921,6 +921,14 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Gone first, so that it writes nothing more into the profile being removed.
+        let _ = self.process.start_kill();
+        for _ in 0..50 {
+            if !matches!(self.process.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
@@ -977,7 +985,7 @@ impl Browser {
         }
         let head = String::from_utf8_lossy(&head);
         assert!(head.starts_with("HTTP/1.1 101"), "the DevTools WebSocket: {head}");
-        Browser { _process: process, socket: BufReader::new(socket), next_id: 0, profile }
+        Browser { process, socket: BufReader::new(socket), next_id: 0, profile }
     }
 
     /// Sends one WebSocket text frame (masked, as a client must).
