@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use pretty_assertions::assert_eq;
 use shared_types::planner;
-use shared_types::{JobState, Phase, RequestState, TriggerEvent, Workflow, Workplan};
+use shared_types::{JobState, Phase, RequestState, TriggerEvent, Workflow, Workplan, WorkplanStatus};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -359,7 +359,7 @@ async fn a_forged_workplan_whose_volume_takes_the_workspace_name_fails_naming_it
 
 /// One task whose step asks for `limit` retries without backoff; the fake kubelet fails the
 /// first two attempts' pods (`-task-0`, `-task-0-attempt-2`) and lets the third succeed.
-async fn fails_twice(ns: &TestNamespace, limit: i32) -> (String, RequestState) {
+async fn fails_twice(ns: &TestNamespace, limit: i32) -> (String, WorkplanStatus, RequestState) {
     let _kubelet = Kubelet::start(ns, |pod: &Pod| {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         if name.ends_with("-task-0") || name.ends_with("-task-0-attempt-2") {
@@ -376,16 +376,14 @@ async fn fails_twice(ns: &TestNamespace, limit: i32) -> (String, RequestState) {
         ),
     );
     let name = create(ns, &wf, "1").await;
-    finished(ns, &name).await;
-    (name.clone(), request_state(ns, &name).await)
+    let status = finished(ns, &name).await.status.unwrap();
+    (name.clone(), status, request_state(ns, &name).await)
 }
 
 #[tokio::test]
 async fn a_task_failing_twice_completes_on_its_third_attempt_with_two_retries() {
     let ns = pod_namespace("exec-retries-2").await;
-    let (name, rqs) = fails_twice(&ns, 2).await;
-    let status =
-        Api::<Workplan>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap().status.unwrap();
+    let (name, status, rqs) = fails_twice(&ns, 2).await;
     assert_eq!(status.phase, Some(Phase::Completed), "{:?}", status.reason);
     // Every attempt is in the history: requested (the retries say which attempt and why), claimed,
     // reported.
@@ -436,9 +434,7 @@ async fn a_task_failing_twice_completes_on_its_third_attempt_with_two_retries() 
 #[tokio::test]
 async fn a_task_failing_twice_fails_with_one_retry_naming_both_attempts() {
     let ns = pod_namespace("exec-retries-1").await;
-    let (name, rqs) = fails_twice(&ns, 1).await;
-    let status =
-        Api::<Workplan>::namespaced(ns.client.clone(), &ns.name).get(&name).await.unwrap().status.unwrap();
+    let (name, status, rqs) = fails_twice(&ns, 1).await;
     assert_eq!(status.phase, Some(Phase::Failed));
     assert_eq!(
         status.reason.unwrap(),

@@ -592,3 +592,85 @@ async fn a_step_failing_twice_fails_with_one_retry_naming_both_attempts() {
     );
     assert!(!root.workspace(&ns.name, "flaky", &name).exists(), "cleaned up after the last attempt");
 }
+
+#[tokio::test]
+async fn a_run_past_its_deadline_is_stopped_cleaned_up_and_failed_with_deadline_exceeded() {
+    let ns = node_namespace("node-deadline").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    // The step would run for ten minutes and ignores SIGTERM (sh as PID 1): only the deletion of
+    // its pod, with its short grace period, stops it.
+    let wf = workflow(
+        &ns.name,
+        r#"
+apiVersion: kube.ci/v1alpha1
+kind: Workflow
+metadata: {name: slow}
+spec:
+  activeDeadlineSeconds: 5
+  steps:
+  - {name: slow, image: alpine, commands: [sh, -c, "touch /kubeci/started; sleep 600"]}
+"#,
+    );
+    let name = run(&ns, &wf).await;
+    let pod = format!("{name}-task-0");
+    let workspace = root.workspace(&ns.name, "slow", &name);
+    eventually("the step runs", TIMEOUT, || {
+        let started = workspace.join("started").exists();
+        async move { started.then_some(()) }
+    })
+    .await;
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(
+            "DeadlineExceeded: the run passed its activeDeadlineSeconds (5s) while running task-0; workspace cleaned up"
+        )
+    );
+    let finished_condition = status.conditions.iter().find(|c| c.type_ == "Finished").unwrap();
+    assert_eq!(finished_condition.reason, "DeadlineExceeded");
+    let elapsed = status.completion_time.unwrap().0.duration_since(status.start_time.unwrap().0);
+    assert!(
+        elapsed.as_secs() < 5 + 20,
+        "stopped within seconds of the deadline, not after the step's 600 s: {elapsed:?}"
+    );
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    assert!(pods.get_opt(&pod).await.unwrap().is_none(), "the task pod was deleted before the cleanup");
+    assert!(!workspace.exists(), "and its workspace removed");
+}
+
+#[tokio::test]
+async fn a_cancelled_run_stops_its_pod_within_seconds_and_says_who_cancelled_it() {
+    let ns = node_namespace("node-cancel").await;
+    let root = WorkspaceRoot::new(&ns.name);
+    let (_operator, _worker) = kubeci(&ns.name, &root);
+    let name = run(&ns, &workflow(&ns.name, LONG_STEP)).await;
+    let workspace = output_written(&root, &ns.name, &name).await;
+
+    let workplans: Api<Workplan> = Api::namespaced(ns.client.clone(), &ns.name);
+    let cancel = serde_json::json!({"metadata": {"annotations": {"kube.ci/cancel": "alice"}}});
+    workplans.patch(&name, &PatchParams::default(), &Patch::Merge(cancel)).await.unwrap();
+    let cancelled_at = std::time::Instant::now();
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let pod = format!("{name}-task-0");
+    tokio::time::timeout(TIMEOUT, await_condition(pods.clone(), &pod, |p: Option<&Pod>| p.is_none()))
+        .await
+        .expect("the task pod is stopped")
+        .unwrap();
+    let stopped_after = cancelled_at.elapsed();
+    assert!(
+        stopped_after < Duration::from_secs(20),
+        "stopped within seconds, not after the step's hour: {stopped_after:?}"
+    );
+
+    let status = finished(&ns, &name).await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("Cancelled by alice while running task-0; workspace cleaned up")
+    );
+    assert_eq!(status.conditions.iter().find(|c| c.type_ == "Finished").unwrap().reason, "Cancelled");
+    assert!(!workspace.exists(), "the workspace is removed");
+}

@@ -15,3 +15,6 @@ pub const RUN_ANNOTATION: &str = "kube.ci/run";
 pub const CLEANUP_FINALIZER: &str = "kube.ci/cleanup";
 /// The attempt of a task pod when it is a retry (2, 3, …); the first attempt's pod has none.
 pub const ATTEMPT: &str = "kube.ci/attempt";
+/// Annotation on a Workplan: cancels the run. Its value says who or why, and is kept in the
+/// Workplan's reason (`Cancelled by <value> ...`).
+pub const CANCEL_ANNOTATION: &str = "kube.ci/cancel";

@@ -76,6 +76,17 @@ fn at(second: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap().checked_add(SignedDuration::from_secs(second)).unwrap()
 }
 
+/// A new RequestState requesting task-0, as the operator creates it.
+fn requested(now: Timestamp) -> RequestState {
+    let spec = RequestStateSpec {
+        request_uid: "uid".into(),
+        job: Job::Task(0),
+        state: JobState::Requested,
+        worker: None,
+    };
+    protocol::request(&RequestState::new("wp", spec), Job::Task(0), None, now)
+}
+
 /// A worker's view: the copy it last read, and whether its Lease expired.
 #[derive(Default, Clone)]
 struct Worker {
@@ -125,17 +136,7 @@ impl World {
         let next = protocol::next(&self.policy, current.as_ref().map(|(r, _)| r), alive, now).unwrap();
         match (next, current) {
             (Next::Create, None) => {
-                let mut fresh = RequestState::new(
-                    "wp",
-                    RequestStateSpec {
-                        request_uid: "uid".into(),
-                        job: Job::Task(0),
-                        state: JobState::Requested,
-                        worker: None,
-                    },
-                );
-                fresh.status = None;
-                assert!(self.store.write(protocol::request(&fresh, Job::Task(0), None, now), 0));
+                assert!(self.store.write(requested(now), 0));
             }
             (Next::Request { job, message }, Some((rqs, version))) => {
                 if let Some(message) = &message {
@@ -308,16 +309,7 @@ proptest! {
 #[test]
 fn a_lost_workers_job_is_requested_again_and_stays_the_same_attempt() {
     let policy = Policy { retries: vec![TaskRetries { limit: 1, backoff_seconds: 10 }] };
-    let fresh = RequestState::new(
-        "wp",
-        RequestStateSpec {
-            request_uid: "u".into(),
-            job: Job::Task(0),
-            state: JobState::Requested,
-            worker: None,
-        },
-    );
-    let rqs = protocol::request(&fresh, Job::Task(0), None, at(0));
+    let rqs = requested(at(0));
     let started = protocol::claim(&rqs, "w1", at(1)).unwrap();
     let failed =
         protocol::report(&started, "w1", JobState::Failed, None, Some("boom".into()), at(2)).unwrap();

@@ -154,6 +154,22 @@ pub fn adoptable(pod: &Pod, workplan: &str, job: Job, attempt: u32) -> Result<()
     }
 }
 
+/// Seconds a task pod stopped before its run's cleanup gets to end (its deletion's grace
+/// period): a run stopped at its deadline or deleted stops within seconds.
+pub const STOP_GRACE_SECONDS: u32 = 5;
+
+/// The task pods (not the cleanup's) among `pods` that have not finished and are not being
+/// deleted: what the cleanup stops first.
+pub fn pods_to_stop(pods: &[Pod]) -> Vec<&Pod> {
+    pods.iter()
+        .filter(|pod| pod.labels().get(labels::TASK).is_some_and(|task| task != "cleanup"))
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        })
+        .collect()
+}
+
 /// How a job ended, as the worker reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -354,12 +370,21 @@ pub fn create_retryable(error: &kube::Error) -> bool {
 /// The cause the API server gives when it refuses a create in a namespace being deleted.
 const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
 
-/// Why task `job` of `workplan` must not start: its Workplan is being deleted (the operator
-/// requests the cleanup instead). Checked right before the pod is created, it closes the window in
-/// which the operator, finding that no task ever started, lets the Workplan go while a claim wins.
+/// Why task `job` of `workplan` must not start: its Workplan is being deleted or was cancelled
+/// (the operator requests the cleanup instead). Checked right before the pod is created, it
+/// closes the window in which the operator, finding that no task ever started, lets the Workplan
+/// go while a claim wins.
 pub fn refuse_task(workplan: &Workplan, job: Job) -> Option<String> {
-    (matches!(job, Job::Task(_)) && workplan.metadata.deletion_timestamp.is_some())
-        .then(|| format!("the Workplan is being deleted; {job} was not started"))
+    if !matches!(job, Job::Task(_)) {
+        return None;
+    }
+    if workplan.metadata.deletion_timestamp.is_some() {
+        return Some(format!("the Workplan is being deleted; {job} was not started"));
+    }
+    workplan
+        .annotations()
+        .contains_key(labels::CANCEL_ANNOTATION)
+        .then(|| format!("the Workplan was cancelled; {job} was not started"))
 }
 
 /// Why `value` is not a Kubernetes resource quantity (`10m`, `0.5`, `64Mi`, `1e3`), if it is not:
@@ -533,6 +558,23 @@ mod tests {
 
     fn pod(labels: &str) -> Pod {
         serde_yaml::from_str(&format!("metadata: {{name: wp-task-0, labels: {labels}}}")).unwrap()
+    }
+
+    #[test]
+    fn the_cleanup_stops_only_the_unfinished_task_pods() {
+        let pods: Vec<Pod> = [
+            "{metadata: {name: running, labels: {kube.ci/task: '0'}}, status: {phase: Running}}",
+            "{metadata: {name: pending, labels: {kube.ci/task: '1'}}}",
+            "{metadata: {name: done, labels: {kube.ci/task: '0'}}, status: {phase: Succeeded}}",
+            "{metadata: {name: failed, labels: {kube.ci/task: '0', kube.ci/attempt: '2'}}, status: {phase: Failed}}",
+            "{metadata: {name: cleanup, labels: {kube.ci/task: cleanup}}, status: {phase: Running}}",
+            "{metadata: {name: going, labels: {kube.ci/task: '2'}, deletionTimestamp: '2027-01-15T10:00:00Z'}}",
+        ]
+        .iter()
+        .map(|yaml| serde_yaml::from_str(yaml).unwrap())
+        .collect();
+        let names: Vec<String> = pods_to_stop(&pods).into_iter().map(|p| p.name_any()).collect();
+        assert_eq!(names, ["running", "pending"]);
     }
 
     #[test]
@@ -726,6 +768,13 @@ mod tests {
             Some("the Workplan is being deleted; task-0 was not started")
         );
         assert_eq!(refuse_task(&workplan, Job::Cleanup), None);
+        workplan.metadata.deletion_timestamp = None;
+        workplan.metadata.annotations = Some([("kube.ci/cancel".to_string(), "alice".to_string())].into());
+        assert_eq!(
+            refuse_task(&workplan, Job::Task(0)).as_deref(),
+            Some("the Workplan was cancelled; task-0 was not started")
+        );
+        assert_eq!(refuse_task(&workplan, Job::Cleanup), None, "its cleanup still runs");
     }
 
     #[test]

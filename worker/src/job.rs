@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use plumbing::kit::Backoff;
 use shared_types::protocol::{self, Job};
 use shared_types::render::{RenderConfig, cleanup_pod, task_pod_attempt};
-use shared_types::{RequestState, Workplan};
+use shared_types::{RequestState, Workplan, labels};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -254,11 +255,55 @@ async fn start(
         Job::Cleanup => cleanup_pod(&workplan, node.as_deref(), &ctx.render),
     };
     let pod = rendered.map_err(|e| Outcome::failed(node, e.to_string()))?;
+    if job == Job::Cleanup {
+        Box::pin(stop_task_pods(ctx, pods, &key.name)).await;
+    }
     let name = pod.name_any();
     let changes = ctx.pods.subscribe(Key { namespace: key.namespace.clone(), name: name.clone() });
     let pod = ensure_pod(ctx, pods, pod, &key.name, job, attempt).await?;
     let seen = SeenPod::of(&pod);
     Ok((name, PodTracker::new(seen.uid, seen.outcome), changes))
+}
+
+/// Stops the Workplan's task pods that are still running before its workspace is removed: the
+/// run was cut short (its deadline passed, it was deleted) and its result will not be read. Each
+/// gets [`decide::STOP_GRACE_SECONDS`] to end, and the cleanup waits until they are gone (at most
+/// that and 5 seconds), so no step writes into the workspace while it is removed. A pod that
+/// cannot be stopped (no permission) is reported and left to the garbage collector; the cleanup
+/// goes on.
+async fn stop_task_pods(ctx: &Context, pods: &Api<Pod>, workplan: &str) {
+    let listed =
+        match pods.list(&ListParams::default().labels(&format!("{}={workplan}", labels::WORKPLAN))).await {
+            Ok(list) => list.items,
+            Err(source) => {
+                let error = Error::StopPod { name: workplan.to_string(), source };
+                ctx.metrics.error(&error);
+                tracing::warn!(%error, "cannot list the task pods to stop; cleaning up anyway");
+                return;
+            }
+        };
+    let grace =
+        DeleteParams { grace_period_seconds: Some(decide::STOP_GRACE_SECONDS), ..DeleteParams::default() };
+    let wait = Duration::from_secs(u64::from(decide::STOP_GRACE_SECONDS) + 5);
+    for pod in decide::pods_to_stop(&listed) {
+        let name = pod.name_any();
+        match pods.delete(&name, &grace).await {
+            Ok(_) => {
+                tracing::info!(pod = %name, "stopped the task pod before the cleanup");
+                let uid = pod.uid().unwrap_or_default();
+                let gone = await_condition(pods.clone(), &name, conditions::is_deleted(&uid));
+                if tokio::time::timeout(wait, gone).await.is_err() {
+                    tracing::warn!(pod = %name, ?wait, "the task pod is still terminating; cleaning up anyway");
+                }
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(source) => {
+                let error = Error::StopPod { name, source };
+                ctx.metrics.error(&error);
+                tracing::warn!(%error, "cleaning up anyway");
+            }
+        }
+    }
 }
 
 /// Creates the job's pod, or adopts the one already there under its name (a previous claimant

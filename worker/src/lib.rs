@@ -134,6 +134,8 @@ pub enum Error {
     CreatePod { name: String, source: kube::Error },
     #[error("reading pod {name}: {source}")]
     GetPod { name: String, source: kube::Error },
+    #[error("stopping the task pods of {name} before its cleanup: {source}")]
+    StopPod { name: String, source: kube::Error },
     #[error("watching kubeci's pods: {0}")]
     WatchPods(#[source] watcher::Error),
     #[error("watching RequestStates: {0}")]
@@ -156,6 +158,7 @@ impl MetricLabel for Error {
             Error::GetWorkplan { .. } => "get_workplan",
             Error::CreatePod { .. } => "create_pod",
             Error::GetPod { .. } => "get_pod",
+            Error::StopPod { .. } => "stop_pod",
             Error::WatchPods(_) => "watch_pod",
             Error::WatchRequestStates(_) => "watch_request_states",
             Error::InvalidRequestState { .. } => "invalid_request_state",

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub finished: IntCounterVec,
     /// `task_retries_total`: failed tasks requested again under their steps' `retries`.
     pub retries: IntCounter,
+    /// `deadlines_exceeded_total`: runs stopped at their `activeDeadlineSeconds`.
+    pub deadlines_exceeded: IntCounter,
+    /// `runs_cancelled_total`: running Workplans stopped by their `kube.ci/cancel` annotation.
+    pub cancelled: IntCounter,
 }
 
 impl Metrics {
@@ -29,6 +33,12 @@ impl Metrics {
                 .counter("workers_lost_total", "Jobs requested again after their worker's lease expired"),
             finished: r.counter_vec("workplans_finished_total", "Workplans finished, by phase", &["phase"]),
             retries: r.counter("task_retries_total", "Failed tasks requested again under their retry policy"),
+            deadlines_exceeded: r
+                .counter("deadlines_exceeded_total", "Runs stopped at their activeDeadlineSeconds"),
+            cancelled: r.counter(
+                "runs_cancelled_total",
+                "Running Workplans stopped by their kube.ci/cancel annotation",
+            ),
             registrar: r,
         }
     }
@@ -59,10 +69,12 @@ mod tests {
         assert_eq!(
             names,
             [
+                "kubeci_workplan_operator_deadlines_exceeded_total",
                 "kubeci_workplan_operator_errors_total",
                 "kubeci_workplan_operator_reconcile_duration_seconds",
                 "kubeci_workplan_operator_reconcile_total",
                 "kubeci_workplan_operator_requests_total",
+                "kubeci_workplan_operator_runs_cancelled_total",
                 "kubeci_workplan_operator_task_retries_total",
                 "kubeci_workplan_operator_workers_lost_total",
                 "kubeci_workplan_operator_workplans_finished_total",

@@ -31,6 +31,17 @@ pub const EARLIER_REQUEST_RECHECK: Duration = Duration::from_secs(2);
 /// The history message of a cleanup requested because the Workplan was deleted.
 pub const DELETED_MESSAGE: &str = "the Workplan was deleted";
 
+/// The reason, and the start of the history message, of a run stopped at its deadline
+/// (`spec.activeDeadlineSeconds`).
+pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+
+/// The reason, and the start of the history message, of a run cancelled with the
+/// [`labels::CANCEL_ANNOTATION`].
+pub const CANCELLED: &str = "Cancelled";
+
+/// The longest part of the cancel annotation's value kept in the reason.
+const MAX_CANCELLER: usize = 256;
+
 /// The finalizer the garbage collector holds while it deletes a Workplan's dependents first
 /// (foreground propagation).
 const FOREGROUND_DELETION: &str = "foregroundDeletion";
@@ -92,6 +103,9 @@ pub enum Notice {
     WorkerLost { job: Job, message: String },
     /// A failed task was requested again, its retry policy allowing: Warning `Retrying`.
     Retrying { job: Job, message: String },
+    /// The run passed its deadline, or was cancelled, while `job` was requested or ran, and its
+    /// cleanup was requested: Warning `DeadlineExceeded` or `Cancelled`.
+    Stopped { job: Option<Job>, message: String },
     /// The Workplan was deleted while `job` was requested or ran (`None`: its RequestState is
     /// gone too), and its cleanup was requested: Normal `Deleted`.
     Deleted { job: Option<Job> },
@@ -108,7 +122,11 @@ impl Notice {
     pub fn reports_write(&self) -> bool {
         matches!(
             self,
-            Notice::Started | Notice::WorkerLost { .. } | Notice::Retrying { .. } | Notice::Deleted { .. }
+            Notice::Started
+                | Notice::WorkerLost { .. }
+                | Notice::Retrying { .. }
+                | Notice::Stopped { .. }
+                | Notice::Deleted { .. }
         )
     }
 
@@ -121,6 +139,11 @@ impl Notice {
             }
             Notice::Retrying { job, message } => {
                 (EventType::Warning, "Retrying", format!("{job} requested again: {message}"))
+            }
+            Notice::Stopped { job, message } => {
+                let cut = Cut { cause: message.clone(), job: *job };
+                let reason = if message.starts_with(CANCELLED) { CANCELLED } else { DEADLINE_EXCEEDED };
+                (EventType::Warning, reason, format!("{}; requested the cleanup", cut_while(&cut)))
             }
             Notice::Deleted { job } => {
                 (EventType::Normal, "Deleted", format!("{}; requested the cleanup", deleted_while(*job)))
@@ -146,6 +169,51 @@ pub fn holds_finalizer(workplan: &Workplan) -> bool {
 
 fn has_finalizer(workplan: &Workplan, finalizer: &str) -> bool {
     workplan.metadata.finalizers.iter().flatten().any(|f| f == finalizer)
+}
+
+/// Where a run stands against its deadline (`spec.activeDeadlineSeconds`, counted from the
+/// request of its first task, `status.startTime`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    /// No deadline, or the run has not started.
+    None,
+    /// Look again at this time.
+    At(Timestamp),
+    /// Past it: the history message of the cleanup that stops the run.
+    Exceeded(String),
+}
+
+/// [`Deadline`] of `workplan` at `now`: a pure function of the Workplan, so that a restarted
+/// operator decides the same.
+pub fn deadline(workplan: &Workplan, now: Timestamp) -> Deadline {
+    let (Some(seconds), Some(start)) = (
+        workplan.spec.run.active_deadline_seconds,
+        workplan.status.as_ref().and_then(|s| s.start_time.as_ref()),
+    ) else {
+        return Deadline::None;
+    };
+    let at = start.0.checked_add(SignedDuration::from_secs(seconds)).unwrap_or(start.0);
+    if now >= at {
+        Deadline::Exceeded(format!(
+            "{DEADLINE_EXCEEDED}: the run passed its activeDeadlineSeconds ({seconds}s)"
+        ))
+    } else {
+        Deadline::At(at)
+    }
+}
+
+/// The history message of the cleanup that cancels `workplan`, when its
+/// [`labels::CANCEL_ANNOTATION`] is set: `Cancelled by <value>` (`Cancelled` for an empty value).
+pub fn cancellation(workplan: &Workplan) -> Option<String> {
+    let value = workplan.metadata.annotations.as_ref()?.get(labels::CANCEL_ANNOTATION)?.trim();
+    Some(match value {
+        "" => CANCELLED.to_string(),
+        who => {
+            let cut: String = who.chars().take(MAX_CANCELLER).collect();
+            let more = if cut.len() < who.len() { "…" } else { "" };
+            format!("{CANCELLED} by {cut}{more}")
+        }
+    })
 }
 
 /// Whether `workplan` is being deleted.
@@ -179,6 +247,37 @@ pub fn plan(
         && let Some(plan) = plan_deleted(workplan, request, now)
     {
         return plan;
+    }
+    let stopping = request.is_none_or(|r| !history(r).iter().any(|e| e.job == Job::Cleanup));
+    if stopping && let Some(message) = cancellation(workplan) {
+        return match request {
+            Some(request) => plan_stopped(workplan, request, message, now),
+            // Nothing ran (read from the API server, as for a deletion, and workers refuse to
+            // start a task of a cancelled Workplan): final at once.
+            None => {
+                let reason = format!("{message} before it started");
+                let mut status = status::derive(workplan, None, Some((Phase::Failed, reason.clone())), now);
+                stopped_condition(&mut status, &message);
+                Plan {
+                    status: (workplan.status.as_ref() != Some(&status)).then_some(status),
+                    notice: Some(Notice::Finished { phase: Phase::Failed, reason }),
+                    finalize: holds_finalizer(workplan),
+                    ..Plan::wait()
+                }
+            }
+        };
+    }
+    let mut deadline_at = None;
+    if let Some(request) = request
+        && !history(request).iter().any(|e| e.job == Job::Cleanup)
+    {
+        match deadline(workplan, now) {
+            Deadline::Exceeded(message) => return plan_stopped(workplan, request, message, now),
+            Deadline::At(at) => {
+                deadline_at = Some(Duration::try_from(at.duration_since(now)).unwrap_or_default())
+            }
+            Deadline::None => {}
+        }
     }
 
     let alive = |_: &str| lease_expiry.is_some_and(|expiry| expiry > now);
@@ -223,7 +322,7 @@ pub fn plan(
         }
         Ok(Next::Finish { phase, reason }) => {
             let (phase, reason) = match request.and_then(interrupted) {
-                Some(cut) => (Phase::Failed, deleted_outcome(cut, request)),
+                Some(cut) => (Phase::Failed, cut_outcome(&cut, request)),
                 None => (phase, reason),
             };
             notice = Some(Notice::Finished { phase, reason: reason.clone() });
@@ -231,6 +330,10 @@ pub fn plan(
         }
     }
 
+    let requeue = match (requeue, deadline_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let finalize = finish.is_some() && holds_finalizer(workplan);
     let latest = write.as_ref().map(Write::request).or(request);
     let mut status = status::derive(workplan, latest, finish, now);
@@ -238,6 +341,16 @@ pub fn plan(
         status.reason = Some(reason);
     }
     Plan { status: changed(workplan, status, latest), write, notice, requeue, finalize }
+}
+
+/// The plan for a run past its deadline or cancelled: the cleanup is requested instead of
+/// whatever came next (the worker that claims it stops the task's pod first), and the run ends
+/// Failed with reason `DeadlineExceeded` or `Cancelled` once the cleanup was attempted.
+fn plan_stopped(workplan: &Workplan, request: &RequestState, message: String, now: Timestamp) -> Plan {
+    let write = Write::Replace(protocol::request(request, Job::Cleanup, Some(message.clone()), now));
+    let status = status_of(workplan, Some(write.request()), None, now);
+    let job = history(request).last().map(|e| e.job);
+    Plan { write: Some(write), status, notice: Some(Notice::Stopped { job, message }), ..Plan::wait() }
 }
 
 /// The plan for a Workplan being deleted, unless the protocol goes on as usual (its cleanup was
@@ -317,22 +430,44 @@ fn changed(
     mut desired: WorkplanStatus,
     request: Option<&RequestState>,
 ) -> Option<WorkplanStatus> {
-    if desired.phase == Some(Phase::Running)
-        && let Some(cut) = request.and_then(interrupted)
-    {
-        desired.reason = Some(format!("{}; cleaning up", deleted_while(cut)));
+    if let Some(cut) = request.and_then(interrupted) {
+        if desired.phase == Some(Phase::Running) {
+            desired.reason = Some(format!("{}; cleaning up", cut_while(&cut)));
+        }
+        stopped_condition(&mut desired, &cut.cause);
     }
     (workplan.status.as_ref() != Some(&desired)).then_some(desired)
 }
 
+/// Why a run was cut short, and the task that was requested or running then (`None`: the
+/// RequestState was made for the cleanup alone).
+struct Cut {
+    /// The history message of the cleanup request: [`DELETED_MESSAGE`] or a deadline's.
+    cause: String,
+    job: Option<Job>,
+}
+
+/// A run stopped at its deadline or cancelled says so in its `Finished` condition's reason
+/// (`DeadlineExceeded`, as a pod's; `Cancelled`), once final.
+fn stopped_condition(status: &mut WorkplanStatus, cause: &str) {
+    let reason = [DEADLINE_EXCEEDED, CANCELLED].into_iter().find(|r| cause.starts_with(r));
+    if let Some(reason) = reason
+        && let Some(finished) = status.conditions.iter_mut().find(|c| c.type_ == "Finished")
+        && finished.status == "True"
+    {
+        finished.reason = reason.into();
+    }
+}
+
 /// Whether the run was cut short: its cleanup was first requested because the Workplan was
-/// deleted ([`DELETED_MESSAGE`]), not after its tasks were done. `Some` with the task that was
-/// requested or running then (`Some(None)`: the RequestState was made for the cleanup alone).
-fn interrupted(request: &RequestState) -> Option<Option<Job>> {
+/// deleted ([`DELETED_MESSAGE`]) or its deadline passed ([`DEADLINE_EXCEEDED`]), not after its
+/// tasks were done.
+fn interrupted(request: &RequestState) -> Option<Cut> {
     let history = history(request);
     let cleanup = history.iter().position(|e| e.job == Job::Cleanup)?;
-    (history[cleanup].message.as_deref() == Some(DELETED_MESSAGE))
-        .then(|| history[..cleanup].last().map(|e| e.job))
+    let cause = history[cleanup].message.as_deref()?;
+    (cause == DELETED_MESSAGE || cause.starts_with(DEADLINE_EXCEEDED) || cause.starts_with(CANCELLED))
+        .then(|| Cut { cause: cause.to_string(), job: history[..cleanup].last().map(|e| e.job) })
 }
 
 /// `deleted while running task-<i>`, or without the task when it is not known.
@@ -343,18 +478,28 @@ fn deleted_while(job: Option<Job>) -> String {
     }
 }
 
-/// The final reason of a run cut short by its deletion, once its cleanup was attempted.
-fn deleted_outcome(cut: Option<Job>, request: Option<&RequestState>) -> String {
+/// What cut the run short and when: `deleted while running task-<i>`, or `DeadlineExceeded: the
+/// run passed its activeDeadlineSeconds (<n>s) while running task-<i>`.
+fn cut_while(cut: &Cut) -> String {
+    match (&cut.cause, cut.job) {
+        (cause, job) if cause == DELETED_MESSAGE => deleted_while(job),
+        (cause, Some(job)) => format!("{cause} while running {job}"),
+        (cause, None) => cause.clone(),
+    }
+}
+
+/// The final reason of a run cut short, once its cleanup was attempted.
+fn cut_outcome(cut: &Cut, request: Option<&RequestState>) -> String {
     let failed = request
         .filter(|r| r.spec.state == JobState::Failed)
         .map(|r| history(r).iter().rev().find(|e| e.job == Job::Cleanup).and_then(|e| e.message.clone()));
     match failed {
         Some(why) => format!(
             "{}; cleanup failed, the workspace may remain on the node: {}",
-            deleted_while(cut),
+            cut_while(cut),
             why.as_deref().unwrap_or("no reason given")
         ),
-        None => format!("{}; workspace cleaned up", deleted_while(cut)),
+        None => format!("{}; workspace cleaned up", cut_while(cut)),
     }
 }
 
@@ -549,6 +694,148 @@ mod tests {
         let rqs = request("failed-task-0.yaml");
         let plan = plan(&retried(0, 5), Some(&rqs), None, now());
         assert_requests(plan.write.as_ref().unwrap(), &rqs, Job::Cleanup, None);
+    }
+
+    /// The fixture's Workplan with a deadline of `seconds`, started at 09:58:00 (two minutes
+    /// before `now()`).
+    fn with_deadline(seconds: i64) -> Workplan {
+        let mut wp = workplan();
+        wp.spec.run.active_deadline_seconds = Some(seconds);
+        let start = "2027-01-15T09:58:00Z".parse().unwrap();
+        wp.status = Some(WorkplanStatus { start_time: Some(Time(start)), ..WorkplanStatus::default() });
+        wp
+    }
+
+    #[test]
+    fn the_deadline_is_a_function_of_the_workplan_and_the_time() {
+        assert_eq!(deadline(&workplan(), now()), Deadline::None, "no deadline");
+        let mut unstarted = with_deadline(60);
+        unstarted.status = None;
+        assert_eq!(deadline(&unstarted, now()), Deadline::None, "not started");
+        assert_eq!(deadline(&with_deadline(300), now()), Deadline::At(seconds(180)));
+        assert_eq!(
+            deadline(&with_deadline(120), now()),
+            Deadline::Exceeded("DeadlineExceeded: the run passed its activeDeadlineSeconds (120s)".into())
+        );
+    }
+
+    #[test]
+    fn a_running_task_is_looked_at_again_at_the_deadline() {
+        let rqs = request("started-task-0.yaml");
+        let plan = plan(&with_deadline(300), Some(&rqs), Some(seconds(600)), now());
+        assert_eq!((plan.write, plan.requeue), (None, Some(Duration::from_secs(180))));
+        let plan = super::plan(&with_deadline(300), Some(&rqs), Some(seconds(30)), now());
+        assert_eq!(plan.requeue, Some(Duration::from_secs(31)), "the lease expires first");
+    }
+
+    #[test]
+    fn a_run_past_its_deadline_is_stopped_cleaned_up_and_failed_with_deadline_exceeded() {
+        let rqs = request("started-task-0.yaml");
+        let wp = with_deadline(120);
+        let stopped = plan(&wp, Some(&rqs), Some(seconds(600)), now());
+        let message = "DeadlineExceeded: the run passed its activeDeadlineSeconds (120s)";
+        assert_requests(stopped.write.as_ref().unwrap(), &rqs, Job::Cleanup, Some(message));
+        let notice = stopped.notice.clone().unwrap();
+        assert!(notice.reports_write());
+        assert_eq!(
+            notice.event(),
+            (
+                EventType::Warning,
+                "DeadlineExceeded",
+                format!("{message} while running task-0; requested the cleanup")
+            )
+        );
+        assert_eq!(
+            stopped.status.as_ref().unwrap().reason.as_deref(),
+            Some(
+                "DeadlineExceeded: the run passed its activeDeadlineSeconds (120s) while running task-0; cleaning up"
+            )
+        );
+
+        // The cleanup is claimed and done: Failed, DeadlineExceeded.
+        let Some(Write::Replace(cleanup)) = stopped.write else { unreachable!() };
+        let claimed = protocol::claim(&cleanup, "worker-b", seconds(1)).unwrap();
+        let mut wp = wp;
+        wp.status = stopped.status;
+        let during = plan(&wp, Some(&claimed), Some(seconds(600)), seconds(1));
+        assert_eq!(during.write, None, "the deadline does not request the cleanup twice");
+        let done =
+            protocol::report(&claimed, "worker-b", JobState::Completed, None, None, seconds(2)).unwrap();
+        let finished = plan(&wp, Some(&done), None, seconds(2));
+        let status = finished.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(
+            status.reason.as_deref(),
+            Some(
+                "DeadlineExceeded: the run passed its activeDeadlineSeconds (120s) while running task-0; workspace cleaned up"
+            )
+        );
+        assert_eq!(
+            (status.conditions[0].status.as_str(), status.conditions[0].reason.as_str()),
+            ("True", "DeadlineExceeded")
+        );
+        assert!(matches!(finished.notice, Some(Notice::Finished { phase: Phase::Failed, .. })));
+    }
+
+    fn cancelled_by(value: &str) -> Workplan {
+        let mut wp = workplan();
+        wp.metadata.annotations = Some([(labels::CANCEL_ANNOTATION.to_string(), value.to_string())].into());
+        wp
+    }
+
+    #[test]
+    fn a_cancelled_run_is_stopped_cleaned_up_and_says_who_cancelled_it() {
+        let rqs = request("started-task-0.yaml");
+        let wp = cancelled_by("alice: wrong branch");
+        let stopped = plan(&wp, Some(&rqs), Some(seconds(600)), now());
+        let message = "Cancelled by alice: wrong branch";
+        assert_requests(stopped.write.as_ref().unwrap(), &rqs, Job::Cleanup, Some(message));
+        assert_eq!(
+            stopped.notice.clone().unwrap().event(),
+            (
+                EventType::Warning,
+                "Cancelled",
+                format!("{message} while running task-0; requested the cleanup")
+            )
+        );
+        let Some(Write::Replace(cleanup)) = stopped.write else { unreachable!() };
+        let claimed = protocol::claim(&cleanup, "worker-b", seconds(1)).unwrap();
+        let done =
+            protocol::report(&claimed, "worker-b", JobState::Completed, None, None, seconds(2)).unwrap();
+        let status = plan(&wp, Some(&done), None, seconds(2)).status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(
+            status.reason.as_deref(),
+            Some("Cancelled by alice: wrong branch while running task-0; workspace cleaned up")
+        );
+        assert_eq!(status.conditions[0].reason, "Cancelled");
+    }
+
+    #[test]
+    fn a_run_cancelled_before_it_started_is_final_at_once() {
+        let mut wp = cancelled_by("");
+        wp.metadata.finalizers = Some(vec![labels::CLEANUP_FINALIZER.into()]);
+        let plan = plan(&wp, None, None, now());
+        assert_eq!(plan.write, None, "no RequestState, no pod, nothing to clean");
+        assert!(plan.finalize);
+        let status = plan.status.unwrap();
+        assert_eq!(
+            (status.phase, status.reason.as_deref(), status.conditions[0].reason.as_str()),
+            (Some(Phase::Failed), Some("Cancelled before it started"), "Cancelled")
+        );
+    }
+
+    #[test]
+    fn the_canceller_is_kept_short() {
+        let long = "x".repeat(1000);
+        let message = cancellation(&cancelled_by(&long)).unwrap();
+        assert_eq!(message, format!("Cancelled by {}…", "x".repeat(256)));
+        assert_eq!(cancellation(&workplan()), None);
+        // A finished run stays as it ended.
+        let mut done = cancelled_by("bob");
+        done.status = Some(WorkplanStatus { phase: Some(Phase::Completed), ..WorkplanStatus::default() });
+        let plan = plan(&done, Some(&request("completed-cleanup.yaml")), None, now());
+        assert_eq!((plan.write, plan.status, plan.notice), (None, None, None));
     }
 
     #[test]

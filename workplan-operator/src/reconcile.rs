@@ -129,7 +129,9 @@ async fn fetch(
 ) -> Result<(Option<Arc<RequestState>>, Option<Timestamp>), Error> {
     ctx.caches_synced().await?;
     let (name, namespace) = (workplan.name_any(), workplan.namespace().unwrap_or_default());
-    let request = if plan::deleting(workplan) && plan::holds_finalizer(workplan) {
+    // "Nothing ran" lets a deleted or cancelled Workplan go at once: only the API server can say.
+    let stopping = plan::deleting(workplan) || plan::cancellation(workplan).is_some();
+    let request = if stopping && plan::holds_finalizer(workplan) {
         let requests: Api<RequestState> = Api::namespaced(ctx.client.clone(), &namespace);
         let fresh =
             requests.get_opt(&name).await.map_err(|source| Error::Read { name: name.clone(), source })?;
@@ -248,6 +250,10 @@ async fn tell(ctx: &Context, workplan: &Workplan, notice: &Notice) {
     match notice {
         Notice::WorkerLost { .. } => ctx.metrics.workers_lost.inc(),
         Notice::Retrying { .. } => ctx.metrics.retries.inc(),
+        Notice::Stopped { message, .. } if message.starts_with(plan::CANCELLED) => {
+            ctx.metrics.cancelled.inc()
+        }
+        Notice::Stopped { .. } => ctx.metrics.deadlines_exceeded.inc(),
         Notice::Finished { phase, .. } => {
             let label = if *phase == Phase::Failed { "Failed" } else { "Completed" };
             ctx.metrics.finished.with_label_values(&[label]).inc();
