@@ -195,3 +195,16 @@ podTemplate:
         ]
     );
 }
+
+#[test]
+fn retries_out_of_range_are_refused_naming_the_field() {
+    let mut workflow = example();
+    workflow.spec.steps[0].retries = Some(shared_types::Retries { limit: 11, backoff_seconds: Some(-1) });
+    assert_eq!(
+        problems(&workflow),
+        [
+            r#"spec.steps[0].retries.limit: step "build" asks for 11 retries; the limit is 0 to 10"#,
+            r#"spec.steps[0].retries.backoffSeconds: step "build" waits -1s between attempts; the backoff is 0 to 600s"#,
+        ]
+    );
+}

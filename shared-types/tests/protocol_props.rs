@@ -354,4 +354,7 @@ fn a_tasks_budget_is_its_largest_step_limit_with_that_steps_backoff() {
     assert_eq!(retries, TaskRetries { limit: 3, backoff_seconds: 10 }, "the limit-3 steps' largest backoff");
     assert_eq!((1..=4).map(|n| retries.delay_seconds(n)).collect::<Vec<_>>(), [10, 20, 40, 80]);
     assert_eq!(TaskRetries { limit: 10, backoff_seconds: 500 }.delay_seconds(3), 600, "capped at 600 s");
+    // A Workplan written past the planner cannot ask for more.
+    let forged = TaskRetries::of(&[step(Some(1000), Some(-5))]);
+    assert_eq!(forged, TaskRetries { limit: 10, backoff_seconds: 0 });
 }
