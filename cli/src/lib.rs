@@ -5,6 +5,7 @@
 //! cluster of the kubeconfig, with kubectl's flags (`--kubeconfig`, `--context`, `-n`). Failures
 //! exit with status 1 and say on stderr which object and which field is wrong.
 
+pub mod cancel;
 pub mod cluster;
 pub mod graph;
 pub mod logs;
@@ -85,6 +86,13 @@ pub enum Command {
     /// `workplans/NAME/events` and `workplans/NAME/logs?step=S`, and `stats` (runs watched now).
     Ui(ui::UiArgs),
 
+    /// Cancel a run (Workplan): its pod is stopped, its workspace cleaned up, and it ends with
+    /// `Cancelled by <who>` in its reason.
+    ///
+    /// Sets the Workplan's `kube.ci/cancel` annotation to `--reason`, or to your user name as
+    /// the API server knows it. `--wait` waits for the run's final phase.
+    Cancel(CancelArgs),
+
     /// Print a shell completion script (bash, zsh or fish) for `kubectl-kubeci`.
     Completion {
         #[arg(value_enum)]
@@ -153,6 +161,25 @@ pub struct RunArgs {
     pub timeout: k8s_openapi::jiff::SignedDuration,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// The Workplan: `NAME` or `wp/NAME`.
+    #[arg(value_name = "WORKPLAN")]
+    pub workplan: String,
+
+    /// Who or why, kept in the run's reason (default: your user name).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// Wait for the run's final phase.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With `--wait`, give up after this long (`30s`, `5m`).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub timeout: k8s_openapi::jiff::SignedDuration,
+}
+
 /// Output formats of `get`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GetOutput {
@@ -207,6 +234,8 @@ pub enum Error {
     Timeout { workplan: String, timeout: std::time::Duration },
     #[error("error: Workplan {workplan} Failed: {reason}")]
     RunFailed { workplan: String, reason: String },
+    #[error("error: Workplan {workplan} has already finished ({phase}: {reason})")]
+    AlreadyFinished { workplan: String, phase: String, reason: String },
     #[error("error: the watch of Workplan {0} ended")]
     WatchEnded(String),
     #[error(transparent)]
@@ -244,6 +273,12 @@ pub async fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> Resu
             ui::check_address(ui)?;
             let cluster = args.cluster.connect().await?;
             ui::serve(cluster, ui, out).await?;
+        }
+        Command::Cancel(cancel) => {
+            let name = object_name(&cancel.workplan, WORKPLAN_TYPES, "Workplan", "wp")?;
+            let cluster = args.cluster.connect().await?;
+            let timeout = std::time::Duration::try_from(cancel.timeout).unwrap_or_default();
+            cancel::cancel(&cluster, name, cancel.reason.as_deref(), cancel.wait, timeout, out).await?;
         }
         Command::Completion { shell } => {
             clap_complete::generate(*shell, &mut Args::command(), "kubectl-kubeci", out);

@@ -1184,3 +1184,66 @@ async fn ui_in_headless_chromium_shows_the_seeds_five_steps_live_and_a_steps_log
     let token = token.lines().find_map(|l| l.trim().strip_prefix("token: ")).unwrap();
     assert!(!dom.contains(token), "the page holds no credentials");
 }
+
+/// `cancel` sets `kube.ci/cancel` on the Workplan (the reason, or the caller's user name from a
+/// SelfSubjectReview) and the workplan-operator ends the run with it in its reason; `--wait`
+/// prints that end. The runs are cancelled before the operator starts them, so they end without
+/// a worker (a started run's cancellation, its pod stopped on the real node, is in
+/// `tests/node.rs`). A finished or missing Workplan is refused, naming it.
+#[tokio::test]
+async fn cancel_ends_a_run_with_who_cancelled_it() {
+    let ns = TestEnv::get().namespace("plugin-cancel").await;
+    let n = ns.name.as_str();
+    let workplans: Api<Workplan> = Api::namespaced(ns.client.clone(), n);
+    let first = workflow_and_run(&ns, &seed(n)).await.name_any();
+    let mut other = seed(n);
+    other.metadata.name = Some("other".into());
+    let second = workflow_and_run(&ns, &other).await.name_any();
+
+    let waiting = plugin(n)
+        .args(["cancel", &format!("wp/{first}"), "--reason", "superseded by #42", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Without --reason, the caller's name (the test control plane's admin) is the canceller.
+    let out = ok(n, &["cancel", &second]).await;
+    assert_eq!(out, format!("workplan.kube.ci/{second} cancel requested (admin)\n"));
+    e2e::eventually("the first cancellation is written", TIMEOUT, || async {
+        let annotations = workplans.get(&first).await.ok()?.metadata.annotations?;
+        (annotations.get(shared_types::labels::CANCEL_ANNOTATION)? == "superseded by #42").then_some(())
+    })
+    .await;
+
+    let _operator = Component::start(
+        workspace_binary("workplan-operator"),
+        n,
+        &["--no-leader-election", "--worker-lease-namespace", n],
+    );
+    let out = tokio::time::timeout(TIMEOUT, waiting.wait_with_output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "workplan.kube.ci/{first} cancel requested (superseded by #42)\n\
+             workplan.kube.ci/{first} Failed: Cancelled by superseded by #42 before it started\n"
+        )
+    );
+    let reason = e2e::eventually("the second run ends", TIMEOUT, || async {
+        let status = workplans.get(&second).await.ok()?.status?;
+        status.phase.is_some_and(|p| p.is_finished()).then_some(status.reason.unwrap_or_default())
+    })
+    .await;
+    assert_eq!(reason, "Cancelled by admin before it started");
+
+    // Hostile: a finished run, a missing one, a Workflow given where a Workplan is expected.
+    let finished = fails(n, &["cancel", &first]).await;
+    assert!(
+        finished.contains(&format!("Workplan {n}/{first} has already finished (Failed: Cancelled by")),
+        "{finished}"
+    );
+    let missing = fails(n, &["cancel", "wp/nope"]).await;
+    assert!(missing.contains(&format!("Workplan \"nope\" not found in namespace \"{n}\"")), "{missing}");
+    assert!(fails(n, &["cancel", "workflow/x"]).await.contains("is not a Workplan"));
+}
