@@ -232,8 +232,9 @@ pub enum Error {
     NotStarted { workflow: String, reason: String },
     #[error("error: Workplan {workplan} did not finish within {timeout:?}")]
     Timeout { workplan: String, timeout: std::time::Duration },
-    #[error("error: Workplan {workplan} Failed: {reason}")]
-    RunFailed { workplan: String, reason: String },
+    /// The run ended Failed or Cancelled.
+    #[error("error: Workplan {workplan} {phase}: {reason}")]
+    RunFailed { workplan: String, phase: String, reason: String },
     #[error("error: Workplan {workplan} has already finished ({phase}: {reason})")]
     AlreadyFinished { workplan: String, phase: String, reason: String },
     #[error("error: the watch of Workplan {0} ended")]

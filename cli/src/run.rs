@@ -17,7 +17,7 @@ use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use shared_types::{Workflow, Workplan, labels};
+use shared_types::{Phase, Workflow, Workplan, labels};
 
 use crate::{Cluster, Error, logs};
 
@@ -159,19 +159,38 @@ pub async fn run(
         return Err(Error::WorkplanDeleted { workplan: full_workplan, step: "(the end of the run)".into() });
     };
     let phase = status.phase.unwrap_or_default();
-    let reason = status.reason.unwrap_or_default();
-    if phase == shared_types::Phase::Failed {
-        return Err(Error::RunFailed { workplan: full_workplan, reason });
-    }
+    outcome(full_workplan, phase, status.reason.unwrap_or_default())?;
     if follow == Follow::Finished {
         writeln!(out, "workplan.kube.ci/{workplan} {phase:?}")?;
     }
     Ok(())
 }
 
+/// A run that ended Failed or Cancelled is an error (exit status 1) that says which and why.
+fn outcome(workplan: String, phase: Phase, reason: String) -> Result<(), Error> {
+    match phase {
+        Phase::Failed | Phase::Cancelled => {
+            Err(Error::RunFailed { workplan, phase: format!("{phase:?}"), reason })
+        }
+        Phase::Pending | Phase::Running | Phase::Completed => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_or_cancelled_run_is_an_error_naming_its_phase() {
+        let err = outcome("ns/wp".into(), Phase::Cancelled, "Cancelled by alice before it started".into());
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "error: Workplan ns/wp Cancelled: Cancelled by alice before it started"
+        );
+        let err = outcome("ns/wp".into(), Phase::Failed, "task-0 failed".into());
+        assert_eq!(err.unwrap_err().to_string(), "error: Workplan ns/wp Failed: task-0 failed");
+        assert!(outcome("ns/wp".into(), Phase::Completed, String::new()).is_ok());
+    }
 
     fn workplan(trigger: serde_json::Value) -> DynamicObject {
         serde_json::from_value(json!({

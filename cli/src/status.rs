@@ -372,6 +372,7 @@ fn phase_str(phase: Phase) -> &'static str {
         Phase::Running => "Running",
         Phase::Completed => "Completed",
         Phase::Failed => "Failed",
+        Phase::Cancelled => "Cancelled",
     }
 }
 
@@ -687,6 +688,21 @@ status:
             "{text}"
         );
         assert!(text.ends_with("cleanup              Succeeded\nstep-1: disk full\n"), "{text}");
+    }
+
+    #[test]
+    fn a_cancelled_run_says_so() {
+        let mut wp =
+            seed_workplan("{phase: Cancelled, reason: 'Cancelled by alice before it started', duration: 0s}");
+        wp.metadata.creation_timestamp = Some(Time(at("2026-01-01T10:00:00Z")));
+        let tree = run_tree(&wp, None, &[], at("2026-01-01T10:00:01Z"));
+        assert_eq!(tree.phase, "Cancelled");
+        assert!(
+            tree.tasks.iter().all(|t| t.state == State::Skipped),
+            "a final run's unstarted tasks are skipped"
+        );
+        let runs = runs("wf", "default", &[wp], vec![], at("2026-01-01T10:00:01Z"));
+        assert_eq!(runs.runs[0].phase, "Cancelled");
     }
 
     #[test]

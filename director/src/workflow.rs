@@ -232,6 +232,7 @@ pub fn counts(workplans: &[Workplan]) -> WorkplanCounts {
             Phase::Running => counts.running += 1,
             Phase::Completed => counts.completed += 1,
             Phase::Failed => counts.failed += 1,
+            Phase::Cancelled => counts.cancelled += 1,
         }
     }
     counts
@@ -847,12 +848,19 @@ mod tests {
             workplan("old-done", 1, Some(Phase::Completed)),
             workplan("running", 2, Some(Phase::Running)),
             workplan("old-failed", 3, Some(Phase::Failed)),
-            workplan("new-done", 4, Some(Phase::Completed)),
-            workplan("pending", 5, None),
+            workplan("old-cancelled", 4, Some(Phase::Cancelled)),
+            workplan("new-done", 5, Some(Phase::Completed)),
+            workplan("pending", 6, None),
         ];
-        assert_eq!(history_to_delete(&list, Some(1)), ["old-done", "old-failed"]);
-        assert_eq!(history_to_delete(&list, Some(0)), ["old-done", "old-failed", "new-done"]);
+        assert_eq!(history_to_delete(&list, Some(1)), ["old-done", "old-failed", "old-cancelled"]);
+        assert_eq!(
+            history_to_delete(&list, Some(0)),
+            ["old-done", "old-failed", "old-cancelled", "new-done"]
+        );
         assert_eq!(history_to_delete(&list, None), Vec::<String>::new());
-        assert_eq!(counts(&list), WorkplanCounts { pending: 1, running: 1, completed: 2, failed: 1 });
+        assert_eq!(
+            counts(&list),
+            WorkplanCounts { pending: 1, running: 1, completed: 2, failed: 1, cancelled: 1 }
+        );
     }
 }

@@ -666,7 +666,7 @@ async fn a_cancelled_run_stops_its_pod_within_seconds_and_says_who_cancelled_it(
     );
 
     let status = finished(&ns, &name).await.status.unwrap();
-    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(status.phase, Some(Phase::Cancelled));
     assert_eq!(
         status.reason.as_deref(),
         Some("Cancelled by alice while running task-0; workspace cleaned up")

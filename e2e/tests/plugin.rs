@@ -1227,20 +1227,23 @@ async fn cancel_ends_a_run_with_who_cancelled_it() {
         stdout,
         format!(
             "workplan.kube.ci/{first} cancel requested (superseded by #42)\n\
-             workplan.kube.ci/{first} Failed: Cancelled by superseded by #42 before it started\n"
+             workplan.kube.ci/{first} Cancelled: Cancelled by superseded by #42 before it started\n"
         )
     );
-    let reason = e2e::eventually("the second run ends", TIMEOUT, || async {
+    let (phase, reason) = e2e::eventually("the second run ends", TIMEOUT, || async {
         let status = workplans.get(&second).await.ok()?.status?;
-        status.phase.is_some_and(|p| p.is_finished()).then_some(status.reason.unwrap_or_default())
+        status.phase.filter(|p| p.is_finished()).map(|p| (p, status.reason.unwrap_or_default()))
     })
     .await;
-    assert_eq!(reason, "Cancelled by admin before it started");
+    assert_eq!(
+        (phase, reason.as_str()),
+        (shared_types::Phase::Cancelled, "Cancelled by admin before it started")
+    );
 
     // Hostile: a finished run, a missing one, a Workflow given where a Workplan is expected.
     let finished = fails(n, &["cancel", &first]).await;
     assert!(
-        finished.contains(&format!("Workplan {n}/{first} has already finished (Failed: Cancelled by")),
+        finished.contains(&format!("Workplan {n}/{first} has already finished (Cancelled: Cancelled by")),
         "{finished}"
     );
     let missing = fails(n, &["cancel", "wp/nope"]).await;

@@ -351,9 +351,12 @@ pub struct WorkplanCounts {
     /// Workplans whose every task succeeded.
     #[serde(default)]
     pub completed: i32,
-    /// Workplans that stopped on a failed task.
+    /// Workplans that stopped on a failed task, their deadline or their deletion.
     #[serde(default)]
     pub failed: i32,
+    /// Workplans stopped with the `kube.ci/cancel` annotation.
+    #[serde(default)]
+    pub cancelled: i32,
 }
 
 /// Declares the seed's `lastObservedGeneration` in the schema so that `kubectl apply` of the seed's

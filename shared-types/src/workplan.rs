@@ -33,7 +33,7 @@ use crate::workflow::{RunSettings, Step};
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Running, Completed or Failed"
+        description = "Pending, Running, Completed, Failed or Cancelled"
     ),
     printcolumn(
         name = "Task",
@@ -178,8 +178,9 @@ impl TriggerEvent {
     }
 }
 
-/// Where a Workplan stands: Pending (not started), Running, Completed (every task succeeded) or
-/// Failed; Completed and Failed are set only after the workspace cleanup was attempted.
+/// Where a Workplan stands: Pending (not started), Running, Completed (every task succeeded),
+/// Failed or Cancelled; Completed, Failed and Cancelled are final and set only after the
+/// workspace cleanup was attempted (or at once for a run stopped before it started).
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Phase {
     // Not started yet.
@@ -189,14 +190,18 @@ pub enum Phase {
     Running,
     // Every task succeeded and cleanup was attempted.
     Completed,
-    // A task failed (or could not be run) and cleanup was attempted.
+    // A task failed (or could not be run), or the run passed its deadline or was deleted while
+    // running, and cleanup was attempted.
     Failed,
+    // Stopped on request: the Workplan was annotated `kube.ci/cancel`; the task's pod was stopped
+    // and cleanup attempted (at once if nothing ran). A deadline or a deletion is not a cancel.
+    Cancelled,
 }
 
 impl Phase {
-    /// Completed and Failed are final.
+    /// Completed, Failed and Cancelled are final.
     pub fn is_finished(self) -> bool {
-        matches!(self, Phase::Completed | Phase::Failed)
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
     }
 }
 
@@ -204,7 +209,10 @@ impl Phase {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkplanStatus {
-    /// Pending, Running, Completed or Failed.
+    /// Pending (not started), Running, Completed (every task succeeded), Failed (a task failed,
+    /// the run passed `activeDeadlineSeconds`, or it was deleted while running) or Cancelled (the
+    /// Workplan was annotated `kube.ci/cancel`: its pod stopped, workspace cleaned up, the reason
+    /// names who cancelled it). Completed, Failed and Cancelled are final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
@@ -228,7 +236,7 @@ pub struct WorkplanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
 
-    /// When the Workplan reached Completed or Failed.
+    /// When the Workplan reached Completed, Failed or Cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 

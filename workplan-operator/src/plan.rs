@@ -109,7 +109,7 @@ pub enum Notice {
     /// The Workplan was deleted while `job` was requested or ran (`None`: its RequestState is
     /// gone too), and its cleanup was requested: Normal `Deleted`.
     Deleted { job: Option<Job> },
-    /// The cleanup was attempted: Normal `Completed`, or Warning `Failed`.
+    /// The cleanup was attempted: Normal `Completed`, Warning `Failed`, or Normal `Cancelled`.
     Finished { phase: Phase, reason: String },
     /// The RequestState cannot be followed, and the Workplan failed: Warning `ProtocolError`.
     ProtocolError { reason: String },
@@ -150,6 +150,10 @@ impl Notice {
             }
             Notice::Finished { phase: Phase::Failed, reason } => {
                 (EventType::Warning, "Failed", reason.clone())
+            }
+            // Someone asked for it, and the Warning `Cancelled` told them when it was requested.
+            Notice::Finished { phase: Phase::Cancelled, reason } => {
+                (EventType::Normal, CANCELLED, reason.clone())
             }
             Notice::Finished { reason, .. } => (EventType::Normal, "Completed", reason.clone()),
             Notice::ProtocolError { reason } => (EventType::Warning, "ProtocolError", reason.clone()),
@@ -256,11 +260,10 @@ pub fn plan(
             // start a task of a cancelled Workplan): final at once.
             None => {
                 let reason = format!("{message} before it started");
-                let mut status = status::derive(workplan, None, Some((Phase::Failed, reason.clone())), now);
-                stopped_condition(&mut status, &message);
+                let status = status::derive(workplan, None, Some((Phase::Cancelled, reason.clone())), now);
                 Plan {
                     status: (workplan.status.as_ref() != Some(&status)).then_some(status),
-                    notice: Some(Notice::Finished { phase: Phase::Failed, reason }),
+                    notice: Some(Notice::Finished { phase: Phase::Cancelled, reason }),
                     finalize: holds_finalizer(workplan),
                     ..Plan::wait()
                 }
@@ -322,7 +325,7 @@ pub fn plan(
         }
         Ok(Next::Finish { phase, reason }) => {
             let (phase, reason) = match request.and_then(interrupted) {
-                Some(cut) => (Phase::Failed, cut_outcome(&cut, request)),
+                Some(cut) => (cut.phase(), cut_outcome(&cut, request)),
                 None => (phase, reason),
             };
             notice = Some(Notice::Finished { phase, reason: reason.clone() });
@@ -345,7 +348,8 @@ pub fn plan(
 
 /// The plan for a run past its deadline or cancelled: the cleanup is requested instead of
 /// whatever came next (the worker that claims it stops the task's pod first), and the run ends
-/// Failed with reason `DeadlineExceeded` or `Cancelled` once the cleanup was attempted.
+/// Failed with reason `DeadlineExceeded: …`, or Cancelled with reason `Cancelled by …`, once the
+/// cleanup was attempted.
 fn plan_stopped(workplan: &Workplan, request: &RequestState, message: String, now: Timestamp) -> Plan {
     let write = Write::Replace(protocol::request(request, Job::Cleanup, Some(message.clone()), now));
     let status = status_of(workplan, Some(write.request()), None, now);
@@ -445,6 +449,14 @@ struct Cut {
     /// The history message of the cleanup request: [`DELETED_MESSAGE`] or a deadline's.
     cause: String,
     job: Option<Job>,
+}
+
+impl Cut {
+    /// The final phase of the run cut short: Cancelled when someone cancelled it (even if its
+    /// cleanup failed: the reason says so), Failed at its deadline or its deletion.
+    fn phase(&self) -> Phase {
+        if self.cause.starts_with(CANCELLED) { Phase::Cancelled } else { Phase::Failed }
+    }
 }
 
 /// A run stopped at its deadline or cancelled says so in its `Finished` condition's reason
@@ -802,13 +814,62 @@ mod tests {
         let claimed = protocol::claim(&cleanup, "worker-b", seconds(1)).unwrap();
         let done =
             protocol::report(&claimed, "worker-b", JobState::Completed, None, None, seconds(2)).unwrap();
-        let status = plan(&wp, Some(&done), None, seconds(2)).status.unwrap();
-        assert_eq!(status.phase, Some(Phase::Failed));
+        let finished = plan(&wp, Some(&done), None, seconds(2));
+        let status = finished.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Cancelled));
+        let reason = "Cancelled by alice: wrong branch while running task-0; workspace cleaned up";
+        assert_eq!(status.reason.as_deref(), Some(reason));
         assert_eq!(
-            status.reason.as_deref(),
-            Some("Cancelled by alice: wrong branch while running task-0; workspace cleaned up")
+            (status.conditions[0].status.as_str(), status.conditions[0].reason.as_str()),
+            ("True", "Cancelled")
         );
-        assert_eq!(status.conditions[0].reason, "Cancelled");
+        assert!(status.completion_time.is_some(), "Cancelled is final");
+        assert_eq!(finished.notice.unwrap().event(), (EventType::Normal, "Cancelled", reason.to_string()));
+    }
+
+    #[test]
+    fn a_cancelled_run_whose_cleanup_failed_is_cancelled_and_says_the_workspace_may_remain() {
+        let rqs = request("started-task-0.yaml");
+        let wp = cancelled_by("alice");
+        let Some(Write::Replace(cleanup)) = plan(&wp, Some(&rqs), None, now()).write else { unreachable!() };
+        let claimed = protocol::claim(&cleanup, "worker-b", seconds(1)).unwrap();
+        let failed = protocol::report(
+            &claimed,
+            "worker-b",
+            JobState::Failed,
+            None,
+            Some("rm: busy".into()),
+            seconds(2),
+        )
+        .unwrap();
+        let status = plan(&wp, Some(&failed), None, seconds(2)).status.unwrap();
+        assert_eq!(
+            (status.phase, status.reason.as_deref()),
+            (
+                Some(Phase::Cancelled),
+                Some(
+                    "Cancelled by alice while running task-0; cleanup failed, the workspace may remain on the node: rm: busy"
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn a_cancel_after_the_deadline_stopped_the_run_leaves_it_failed_at_its_deadline() {
+        let rqs = request("started-task-0.yaml");
+        let mut wp = with_deadline(120);
+        let Some(Write::Replace(cleanup)) = plan(&wp, Some(&rqs), None, now()).write else { unreachable!() };
+        wp.metadata.annotations = Some([(labels::CANCEL_ANNOTATION.to_string(), "alice".to_string())].into());
+        let again = plan(&wp, Some(&cleanup), None, now());
+        assert_eq!(again.write, None, "the cleanup is not requested again");
+        let claimed = protocol::claim(&cleanup, "worker-b", seconds(1)).unwrap();
+        let done =
+            protocol::report(&claimed, "worker-b", JobState::Completed, None, None, seconds(2)).unwrap();
+        let status = plan(&wp, Some(&done), None, seconds(2)).status.unwrap();
+        assert_eq!(
+            (status.phase, status.conditions[0].reason.as_str()),
+            (Some(Phase::Failed), "DeadlineExceeded")
+        );
     }
 
     #[test]
@@ -821,7 +882,11 @@ mod tests {
         let status = plan.status.unwrap();
         assert_eq!(
             (status.phase, status.reason.as_deref(), status.conditions[0].reason.as_str()),
-            (Some(Phase::Failed), Some("Cancelled before it started"), "Cancelled")
+            (Some(Phase::Cancelled), Some("Cancelled before it started"), "Cancelled")
+        );
+        assert_eq!(
+            plan.notice,
+            Some(Notice::Finished { phase: Phase::Cancelled, reason: "Cancelled before it started".into() })
         );
     }
 

@@ -255,7 +255,11 @@ async fn tell(ctx: &Context, workplan: &Workplan, notice: &Notice) {
         }
         Notice::Stopped { .. } => ctx.metrics.deadlines_exceeded.inc(),
         Notice::Finished { phase, .. } => {
-            let label = if *phase == Phase::Failed { "Failed" } else { "Completed" };
+            let label = match phase {
+                Phase::Failed => "Failed",
+                Phase::Cancelled => "Cancelled",
+                _ => "Completed",
+            };
             ctx.metrics.finished.with_label_values(&[label]).inc();
         }
         Notice::Started | Notice::Deleted { .. } | Notice::ProtocolError { .. } => {}

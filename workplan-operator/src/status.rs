@@ -52,7 +52,8 @@ pub fn derive(
     }
 }
 
-/// `Finished`: False while the Workplan runs, True (reason Completed or Failed) once it is final.
+/// `Finished`: False while the Workplan runs, True (reason Completed, Failed or Cancelled) once it
+/// is final.
 fn finished_condition(
     previous: &[Condition],
     phase: Phase,
@@ -64,6 +65,7 @@ fn finished_condition(
         Phase::Running => ("False", "Running"),
         Phase::Completed => ("True", "Completed"),
         Phase::Failed => ("True", "Failed"),
+        Phase::Cancelled => ("True", "Cancelled"),
     };
     let since = previous
         .iter()

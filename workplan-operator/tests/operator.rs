@@ -464,3 +464,43 @@ async fn a_workplan_deleted_in_the_foreground_still_gets_its_cleanup() {
     gone(&ns, &name).await;
     assert_eq!(event_note(&ns, &name, "Failed").await, "deleted while running; workspace cleaned up");
 }
+
+/// Issue 17: a run cancelled with the `kube.ci/cancel` annotation while a task runs gets its
+/// cleanup requested and ends `Cancelled` (not `Failed`), naming who cancelled it, once the
+/// cleanup was attempted; a cancel that comes after the tasks' cleanup is requested changes
+/// nothing.
+#[tokio::test]
+async fn a_run_cancelled_mid_run_ends_cancelled_naming_who() {
+    let ns = TestEnv::get().namespace("operator-cancel").await;
+    let _operator = operator(&ns.name);
+    let name = seed_workplan(&ns).await.metadata.name.unwrap();
+    start(&ns, &name, "task-0", "worker-a").await;
+    let cancel = serde_json::json!({"metadata": {"annotations": {"kube.ci/cancel": "alice"}}});
+    Api::<Workplan>::namespaced(ns.client.clone(), &ns.name)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(cancel))
+        .await
+        .unwrap();
+    work(&ns, &name, "cleanup", "worker-b", JobState::Completed, None).await;
+    let status = finished(&ns, &name).await.status.unwrap();
+    let reason = "Cancelled by alice while running task-0; workspace cleaned up";
+    assert_eq!((status.phase, status.reason.as_deref()), (Some(Phase::Cancelled), Some(reason)));
+    let condition = status.conditions.iter().find(|c| c.type_ == "Finished").unwrap();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Cancelled"));
+    let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually("the Cancelled Events: requested, then final", TIMEOUT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let notes: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Cancelled"))
+            .map(|e| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        let requested = (
+            "Warning".to_string(),
+            "Cancelled by alice while running task-0; requested the cleanup".to_string(),
+        );
+        let done = ("Normal".to_string(), reason.to_string());
+        (notes.contains(&requested) && notes.contains(&done)).then_some(())
+    })
+    .await;
+}
