@@ -183,7 +183,8 @@ function render(view) {
 
   const rows = [];
   for (const task of tree.tasks) {
-    rows.push(row('task', [task.name, '', task.state, '', task.start, task.duration, task.pod], task.state));
+    const taskName = task.attempts > 1 ? task.name + ' (attempt ' + task.attempt + '/' + task.attempts + ')' : task.name;
+    rows.push(row('task', [taskName, '', task.state, '', task.start, task.duration, task.pod], task.state));
     for (const step of task.steps) {
       const r = row('step', ['  ' + step.name, step.mode, step.state, step.exitCode, step.start, step.duration,
         (step.pod || '-') + '/' + step.container], step.state);

@@ -18,7 +18,7 @@ use shared_types::{RequestState, Workplan, labels};
 use tokio::sync::{mpsc, watch};
 
 use crate::graph::Mode;
-use crate::{Cluster, Error};
+use crate::{Cluster, Error, status};
 
 /// What is known of a run at one moment.
 #[derive(Clone, Debug, Default)]
@@ -112,14 +112,29 @@ fn name_of(workplan: &Workplan) -> String {
     )
 }
 
+/// The pod of the task's latest attempt: a retry's log is the one to follow.
 fn task_pod(snapshot: &Snapshot, task: usize) -> Option<&Pod> {
-    snapshot.pods.values().find(|p| {
-        p.metadata.labels.as_ref().and_then(|l| l.get(labels::TASK)).is_some_and(|t| *t == task.to_string())
-    })
+    status::latest_attempt(snapshot.pods.values(), task)
 }
 
-fn pod_name(workplan: &str, task: usize) -> String {
-    shared_types::render::task_pod_name(workplan, task)
+/// The name of the task's latest pod: the latest attempt's among the pods there are and those
+/// seen deleted, so that the deletion of a retry's pod is not hidden by an earlier attempt's.
+fn pod_name(snapshot: &Snapshot, workplan: &str, task: usize) -> String {
+    let attempt_of_name = |name: &str| -> Option<u32> {
+        let rest = name.strip_prefix(&shared_types::render::task_pod_name(workplan, task))?;
+        match rest {
+            "" => Some(1),
+            rest => rest.strip_prefix("-attempt-")?.parse().ok(),
+        }
+    };
+    let present = task_pod(snapshot, task)
+        .map(|p| (status::attempt_of(p), p.metadata.name.clone().unwrap_or_default()));
+    let deleted = snapshot.deleted.iter().filter_map(|d| attempt_of_name(d).map(|n| (n, d.clone())));
+    present
+        .into_iter()
+        .chain(deleted)
+        .max()
+        .map_or_else(|| shared_types::render::task_pod_name(workplan, task), |(_, name)| name)
 }
 
 fn container_state(pod: &Pod, step: &StepRef) -> Option<k8s_openapi::api::core::v1::ContainerState> {
@@ -139,7 +154,7 @@ fn check_deleted(snapshot: &Snapshot, name: &str, step: &StepRef) -> Result<(), 
     let Some(workplan) = &snapshot.workplan else {
         return Err(Error::WorkplanDeleted { workplan: name.to_string(), step: step.name.clone() });
     };
-    let pod = pod_name(workplan.metadata.name.as_deref().unwrap_or_default(), step.task);
+    let pod = pod_name(snapshot, workplan.metadata.name.as_deref().unwrap_or_default(), step.task);
     let deleting = task_pod(snapshot, step.task).is_some_and(|p| p.metadata.deletion_timestamp.is_some());
     if deleting || snapshot.deleted.contains(&pod) {
         return Err(Error::PodDeleted { pod, workplan: name.to_string(), step: step.name.clone() });
@@ -153,7 +168,7 @@ pub fn readiness(snapshot: &Snapshot, name: &str, step: &StepRef) -> Result<Read
     check_deleted(snapshot, name, step)?;
     let workplan = snapshot.workplan.as_ref().expect("checked above");
     let finished = workplan.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished());
-    let pod_name = pod_name(workplan.metadata.name.as_deref().unwrap_or_default(), step.task);
+    let pod_name = pod_name(snapshot, workplan.metadata.name.as_deref().unwrap_or_default(), step.task);
     let Some(pod) = task_pod(snapshot, step.task) else {
         return Ok(if finished {
             Ready::Skip
@@ -578,6 +593,44 @@ mod tests {
         assert_eq!(
             readiness(&snapshot(done, vec![]), "ns/wp", &step(1, "step-4", Mode::Serial)).unwrap(),
             Ready::Skip
+        );
+    }
+
+    fn attempt(task: usize, n: u32, status: &str) -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: wp-task-{task}-attempt-{n}, labels: {{kube.ci/task: '{task}', kube.ci/attempt: '{n}'}}}}\nstatus: {status}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_retried_task_is_read_from_its_latest_attempt() {
+        let s1 = step(0, "step-1", Mode::Serial);
+        let failed = "{phase: Failed, initContainerStatuses: [{name: step-1, image: a, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 1}}}]}";
+        let running = "{phase: Pending, initContainerStatuses: [{name: step-1, image: a, imageID: '', ready: false, restartCount: 0, state: {running: {}}}]}";
+        // attempt-10 sorts before attempt-2 by name: the label decides.
+        let pods = vec![pod(0, failed), attempt(0, 2, failed), attempt(0, 10, running)];
+        let retried = snapshot(seed(), pods.clone());
+        assert_eq!(
+            readiness(&retried, "ns/wp", &s1).unwrap(),
+            Ready::Read { pod: "wp-task-0-attempt-10".into() }
+        );
+        assert!(!ended(&retried, "ns/wp", &s1).unwrap(), "the latest attempt still runs");
+
+        // The latest attempt's pod deleted: named, not hidden by an earlier attempt's pod.
+        let mut gone = snapshot(seed(), pods[..2].to_vec());
+        gone.deleted.insert("wp-task-0-attempt-10".into());
+        assert_eq!(
+            readiness(&gone, "ns/wp", &s1).unwrap_err().to_string(),
+            "error: pod wp-task-0-attempt-10 of Workplan ns/wp was deleted while following step step-1"
+        );
+        // An earlier attempt's pod deleted: the latest is read.
+        let mut earlier = snapshot(seed(), pods[1..].to_vec());
+        earlier.deleted.insert("wp-task-0".into());
+        earlier.deleted.insert("wp-task-1".into());
+        assert_eq!(
+            readiness(&earlier, "ns/wp", &s1).unwrap(),
+            Ready::Read { pod: "wp-task-0-attempt-10".into() }
         );
     }
 

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
+use shared_types::protocol::Policy;
 use shared_types::request_state::{HistoryEntry, Job};
 use shared_types::{EventKind, JobState, Phase, RequestState, Workplan, labels};
 
@@ -64,12 +65,16 @@ pub struct RunTree {
     pub cleanup: Option<State>,
 }
 
-/// One task: one pod.
+/// One task: one pod per attempt, of which the latest is shown.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskNode {
     pub name: String,
     pub state: State,
+    /// The attempt shown (1-based): its pod's, or the history's when it has no pod yet.
+    pub attempt: u32,
+    /// How many attempts the task may take: 1 + its retry limit.
+    pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,12 +115,19 @@ struct JobTrail<'a> {
     requested: Option<&'a Time>,
     started: Option<&'a Time>,
     last: Option<&'a HistoryEntry>,
+    /// The attempt the history is at (1-based): one more than the failed attempts, or the one
+    /// that failed last.
+    attempt: u32,
 }
 
 fn trail(request: Option<&RequestState>, job: Job) -> JobTrail<'_> {
-    let mut trail = JobTrail::default();
+    let mut trail = JobTrail { attempt: 1, ..JobTrail::default() };
     let entries = request.and_then(|r| r.status.as_ref()).map(|s| s.history.as_slice()).unwrap_or_default();
     for entry in entries.iter().filter(|e| e.job == job) {
+        if trail.last.is_some_and(|e| e.state == JobState::Failed) {
+            // A failed task requested again is its next attempt.
+            trail.attempt += 1;
+        }
         match entry.state {
             // A job requested again (its worker was lost) starts over.
             JobState::Requested => {
@@ -159,9 +171,13 @@ pub fn run_tree(
     let phase = status.phase.unwrap_or_default();
     let mut failed_before = false;
     let mut tasks = Vec::new();
+    let policy = Policy::of(workplan);
     for (index, task) in workplan.spec.tasks.iter().enumerate() {
         let job = trail(request, Job::Task(index));
-        let pod = pods.iter().find(|p| task_label(p) == Some(index.to_string().as_str()));
+        let latest = latest_attempt(pods, index);
+        let attempt = latest.map_or(1, attempt_of).max(job.attempt);
+        // An earlier attempt's pod is not the current attempt's, whose pod is not made yet.
+        let pod = latest.filter(|p| attempt_of(p) == attempt);
         let state = match job.state() {
             Some(state) => state,
             None if failed_before || phase.is_finished() => State::Skipped,
@@ -179,6 +195,8 @@ pub fn run_tree(
         tasks.push(TaskNode {
             name: Job::Task(index).to_string(),
             state,
+            attempt,
+            attempts: (policy.retries.get(index).map_or(0, |r| r.limit) + 1).max(attempt),
             pod: pod.and_then(|p| p.metadata.name.clone()),
             start: start.map(stamp),
             duration: start.map(|s| duration(s.0, job.finished().map_or(now, |f| f.0))),
@@ -205,6 +223,23 @@ pub fn run_tree(
 
 fn task_label(pod: &Pod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(labels::TASK).map(String::as_str)
+}
+
+/// The attempt of a task pod: its `kube.ci/attempt` label, 1 without one (the first attempt's
+/// pod has none) or with one that is not a number.
+pub fn attempt_of(pod: &Pod) -> u32 {
+    let label = pod.metadata.labels.as_ref().and_then(|l| l.get(labels::ATTEMPT));
+    label.and_then(|a| a.parse().ok()).unwrap_or(1)
+}
+
+/// The pod of task `index`'s latest attempt among `pods`: the highest `kube.ci/attempt` (then the
+/// last name, so that the choice does not depend on the list's order). Earlier attempts' pods
+/// stay, with their logs, after a retry.
+pub fn latest_attempt<'a>(pods: impl IntoIterator<Item = &'a Pod>, index: usize) -> Option<&'a Pod> {
+    let task = index.to_string();
+    pods.into_iter()
+        .filter(|p| task_label(p) == Some(task.as_str()))
+        .max_by_key(|p| (attempt_of(p), p.metadata.name.as_deref()))
 }
 
 fn step_node(
@@ -451,7 +486,10 @@ impl RunTree {
         ];
         for task in &self.tasks {
             rows.push(vec![
-                task.name.clone(),
+                match task.attempts {
+                    1 => task.name.clone(),
+                    of => format!("{} (attempt {}/{of})", task.name, task.attempt),
+                },
                 String::new(),
                 task.state.as_str().to_string(),
                 String::new(),
@@ -688,6 +726,81 @@ status:
             "{text}"
         );
         assert!(text.ends_with("cleanup              Succeeded\nstep-1: disk full\n"), "{text}");
+    }
+
+    /// The seed's run retrying task-0 (step-1 allows 2 retries): attempt 1 failed, attempt 2 runs.
+    fn retrying() -> (Workplan, RequestState, Vec<Pod>) {
+        let mut wp =
+            seed_workplan("{phase: Running, taskIndex: 0, progress: 1/2, startTime: '2026-01-01T10:00:00Z'}");
+        wp.spec.tasks[0].serial_steps[0].retries =
+            Some(shared_types::Retries { limit: 2, backoff_seconds: None });
+        let rqs = request(
+            "  - {job: task-0, state: REQUESTED, timestamp: '2026-01-01T10:00:00Z'}
+  - {job: task-0, state: STARTED, worker: w1, timestamp: '2026-01-01T10:00:00Z'}
+  - {job: task-0, state: FAILED, worker: w1, timestamp: '2026-01-01T10:00:04Z', message: 'step \"step-1\" exited with code 1'}
+  - {job: task-0, state: REQUESTED, timestamp: '2026-01-01T10:00:14Z', message: 'attempt 2 of 3'}
+  - {job: task-0, state: STARTED, worker: w1, timestamp: '2026-01-01T10:00:15Z'}
+",
+        );
+        let second = pod(r#"
+metadata: {name: wp-task-0-attempt-2, labels: {kube.ci/task: "0", kube.ci/attempt: "2"}}
+status:
+  phase: Pending
+  initContainerStatuses:
+  - {name: step-1, image: a, imageID: "", ready: false, restartCount: 0, state: {running: {startedAt: '2026-01-01T10:00:16Z'}}}
+"#);
+        let first = pod(r#"
+metadata: {name: wp-task-0, labels: {kube.ci/task: "0"}}
+status:
+  phase: Failed
+  initContainerStatuses:
+  - {name: step-1, image: a, imageID: "", ready: false, restartCount: 0, state: {terminated: {exitCode: 1, reason: Error, startedAt: '2026-01-01T10:00:01Z', finishedAt: '2026-01-01T10:00:03Z'}}}
+"#);
+        // The first attempt's pod listed last and first: the latest attempt wins either way.
+        (wp, rqs, vec![second, first])
+    }
+
+    #[test]
+    fn a_retried_task_shows_its_latest_attempt() {
+        let (wp, rqs, mut pods) = retrying();
+        for _ in 0..2 {
+            let tree = run_tree(&wp, Some(&rqs), &pods, at("2026-01-01T10:00:20Z"));
+            let task = &tree.tasks[0];
+            assert_eq!((task.state, task.attempt, task.attempts), (State::Running, 2, 3));
+            assert_eq!(task.pod.as_deref(), Some("wp-task-0-attempt-2"));
+            assert_eq!((task.steps[0].state, task.steps[0].exit_code), (State::Running, None));
+            let text = tree.text();
+            assert!(
+                text.contains("\ntask-0 (attempt 2/3)  ")
+                    && text.contains("wp-task-0-attempt-2/step-1\n")
+                    && text.contains("\ntask-1  "),
+                "{text}"
+            );
+            pods.reverse();
+        }
+        // Attempt 2 requested, its pod not made yet: attempt 1's pod is not shown as attempt 2's.
+        let mut history = rqs.clone();
+        history.status.as_mut().unwrap().history.truncate(4);
+        let first: Vec<Pod> = pods.iter().filter(|p| attempt_of(p) == 1).cloned().collect();
+        let tree = run_tree(&wp, Some(&history), &first, at("2026-01-01T10:00:14Z"));
+        let task = &tree.tasks[0];
+        assert_eq!((task.state, task.attempt, task.pod.as_deref()), (State::Waiting, 2, None));
+        assert!(task.steps.iter().all(|s| s.state == State::Waiting && s.pod.is_none()));
+    }
+
+    #[test]
+    fn a_malformed_attempt_label_is_the_first_attempt() {
+        let (_, _, pods) = retrying();
+        let mut forged = pods[1].clone();
+        forged.metadata.name = Some("wp-task-0-forged".into());
+        forged.metadata.labels.as_mut().unwrap().insert(labels::ATTEMPT.into(), "-1".into());
+        assert_eq!(attempt_of(&forged), 1);
+        let all = [forged, pods[0].clone(), pods[1].clone()];
+        assert_eq!(
+            latest_attempt(&all, 0).and_then(|p| p.metadata.name.as_deref()),
+            Some("wp-task-0-attempt-2")
+        );
+        assert!(latest_attempt(&all, 1).is_none());
     }
 
     #[test]
