@@ -72,7 +72,7 @@ pub enum Command {
     /// Sets the Workflow's `kube.ci/run` annotation to a new value; the director creates the
     /// Workplan (within the Workflow's caps) and the plugin prints its name. `--wait` waits for
     /// the run to end, `--follow` streams every step's log on the way; both exit with status 1
-    /// when the run fails.
+    /// when the run ends Failed or Cancelled.
     Run(RunArgs),
 
     /// Serve a live web view of the namespace's Workflows and runs on loopback, and print its
@@ -86,8 +86,8 @@ pub enum Command {
     /// `workplans/NAME/events` and `workplans/NAME/logs?step=S`, and `stats` (runs watched now).
     Ui(ui::UiArgs),
 
-    /// Cancel a run (Workplan): its pod is stopped, its workspace cleaned up, and it ends with
-    /// `Cancelled by <who>` in its reason.
+    /// Cancel a run (Workplan): its pod is stopped, its workspace cleaned up, and it ends in phase
+    /// Cancelled with `Cancelled by <who>` in its reason.
     ///
     /// Sets the Workplan's `kube.ci/cancel` annotation to `--reason`, or to your user name as
     /// the API server knows it. `--wait` waits for the run's final phase.
@@ -147,7 +147,7 @@ pub struct RunArgs {
     #[arg(value_name = "WORKFLOW")]
     pub workflow: String,
 
-    /// Wait for the run's final phase; exit 1 if it failed.
+    /// Wait for the run's final phase; exit 1 if it failed or was cancelled.
     #[arg(long)]
     pub wait: bool,
 
