@@ -10,14 +10,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 use serde_json::json;
 use shared_types::{Workplan, labels};
 
+use crate::cluster::MANAGER;
 use crate::{Cluster, Error};
-
-/// Field manager of the plugin's writes.
-const MANAGER: &str = "kubectl-kubeci";
 
 /// What the annotation says: the reason if given, else who asked, else the plugin.
 pub fn canceller(reason: Option<&str>, user: Option<&str>) -> String {
@@ -65,13 +62,7 @@ pub async fn cancel(
         return Ok(());
     }
     out.flush()?;
-    let finished = await_condition(cluster.api::<Workplan>(), name, |w: Option<&Workplan>| {
-        w.is_none_or(|w| w.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
-    });
-    let last = tokio::time::timeout(timeout, finished)
-        .await
-        .map_err(|_| Error::Timeout { workplan: full_name.clone(), timeout })?
-        .map_err(|e| Error::WatchEnded(format!("{name}: {e}")))?;
+    let last = cluster.run_end(name, timeout).await?;
     match last.and_then(|w| w.status) {
         Some(status) => {
             let phase = status.phase.unwrap_or_default();

@@ -11,6 +11,15 @@ use shared_types::{RequestState, Workflow, Workplan, labels};
 
 use crate::Error;
 
+/// Field manager of the plugin's writes (`kube.ci/run` on a Workflow, `kube.ci/cancel` on a
+/// Workplan).
+pub const MANAGER: &str = "kubectl-kubeci";
+
+/// Whether a run is over: its Workplan reached a final phase, or is gone.
+pub fn run_over(workplan: Option<&Workplan>) -> bool {
+    workplan.is_none_or(|w| w.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
+}
+
 /// `--kubeconfig`, `--context` and `-n`, as kubectl reads them.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClusterArgs {
@@ -172,6 +181,16 @@ impl Cluster {
             .map_err(|source| Error::Kube { what: format!("listing the pods of Workplan {name}"), source })?
             .items;
         Ok((workplan, request, pods))
+    }
+
+    /// Waits (through a watch) until run `name` is over, within `timeout`; the Workplan as it
+    /// ended, `None` if it was deleted.
+    pub async fn run_end(&self, name: &str, timeout: std::time::Duration) -> Result<Option<Workplan>, Error> {
+        let over = kube::runtime::wait::await_condition(self.api::<Workplan>(), name, run_over);
+        tokio::time::timeout(timeout, over)
+            .await
+            .map_err(|_| Error::Timeout { workplan: format!("{}/{name}", self.namespace), timeout })?
+            .map_err(|e| Error::WatchEnded(format!("{name}: {e}")))
     }
 
     /// A Workflow by name.

@@ -271,11 +271,7 @@ pub async fn stream(
         // The run ends when the Workplan reaches its final phase, after the cleanup.
         let mut rx = rx.clone();
         let last = rx
-            .wait_for(|s| {
-                s.workplan
-                    .as_ref()
-                    .is_none_or(|w| w.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
-            })
+            .wait_for(|s| crate::cluster::run_over(s.workplan.as_ref()))
             .await
             .map_err(|_| Error::WatchEnded(full_name.clone()))?
             .clone();

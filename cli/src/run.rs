@@ -13,16 +13,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use shared_types::{Phase, Workflow, Workplan, labels};
 
+use crate::cluster::MANAGER;
 use crate::{Cluster, Error, logs};
-
-/// Field manager of the plugin's writes.
-const MANAGER: &str = "kubectl-kubeci";
 
 /// How far `run` follows the run it started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,13 +144,12 @@ pub async fn run(
             .await
             .map_err(|_| Error::Timeout { workplan: format!("{}/{workplan}", cluster.namespace), timeout })??;
     }
-    let finished = await_condition(cluster.api::<Workplan>(), &workplan, |w: Option<&Workplan>| {
-        w.is_none_or(|w| w.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
-    });
-    let last = tokio::time::timeout_at(deadline, finished)
-        .await
-        .map_err(|_| Error::Timeout { workplan: format!("{}/{workplan}", cluster.namespace), timeout })?
-        .map_err(|e| Error::WatchEnded(format!("{workplan}: {e}")))?;
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let last = cluster.run_end(&workplan, remaining).await.map_err(|e| match e {
+        // The timeout the user gave, not what was left of it.
+        Error::Timeout { workplan, .. } => Error::Timeout { workplan, timeout },
+        other => other,
+    })?;
     let full_workplan = format!("{}/{workplan}", cluster.namespace);
     let Some(status) = last.and_then(|w| w.status) else {
         return Err(Error::WorkplanDeleted { workplan: full_workplan, step: "(the end of the run)".into() });
